@@ -1,0 +1,88 @@
+"""The `avsiam` command: one subcommand per job.
+
+The cluster layer launches the other three (pipeline -> shards -> trainer); this module is its front
+door. Each subcommand lives in its own module, which exposes
+
+    add_arguments(parser: argparse.ArgumentParser) -> None
+    main(args: argparse.Namespace) -> int | None
+
+and is imported only when that subcommand runs, so `avsiam --help` answers without loading torch.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+# name -> (module, one-line help). Order is the order of `avsiam --help`: the data flow.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("pipeline.synth.command", "write the built-in synthetic audio-visual dataset"),
+    "shard": ("pipeline.shard_command", "decode clips once and write WebDataset shards"),
+    "stats": ("pipeline.stats_command", "compute exact fbank mean/std over shards into dataset.json"),
+    "verify": ("shards.verify_command", "check every shard: readable, counts, shapes"),
+    "model-info": ("trainer.model_info_command", "print parameters and GFLOPs of every model size"),
+    "convert": ("trainer.convert_command", "convert an official AVSiam checkpoint to safetensors"),
+    "export-timm": ("trainer.export_timm_command", "write the shared backbone as a timm ViT state dict"),
+    "pretrain": ("trainer.pretrain_command", "pretrain AVSiam with DeepSpeed on streamed shards"),
+    "export": ("trainer.export_command", "write consolidated fp32 weights of a run as safetensors"),
+    "finetune": ("trainer.finetune_command", "fine-tune a pretrained model for classification"),
+    "eval": ("trainer.eval_command", "evaluate: classification (mAP, accuracy) or retrieval"),
+    "embed": ("trainer.embed_command", "write audio and visual embeddings of shards to Parquet"),
+    "plot": ("trainer.plot_command", "draw figures (t-SNE of embeddings, loss curves)"),
+    "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining job"),
+    "demo": ("cluster.demo", "run the whole system on the built-in synthetic dataset"),
+}
+
+
+def available_commands() -> dict[str, tuple[str, str]]:
+    """The registered subcommands whose module exists in this checkout."""
+    found = {}
+    for name, (module, help_text) in COMMANDS.items():
+        try:
+            spec = importlib.util.find_spec(module)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is not None:
+            found[name] = (module, help_text)
+    return found
+
+
+def _top_parser(commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser:
+    lines = "\n".join(f"  {name:<12} {help_text}" for name, (_, help_text) in commands.items())
+    return argparse.ArgumentParser(
+        prog="avsiam",
+        description="Shard audio-visual datasets, stream them, and pretrain/evaluate AVSiam.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="avsiam <command> [options]   (avsiam <command> --help for its options)",
+        epilog=f"commands:\n{lines}\n\nData flows pipeline -> shards -> trainer; see README.md.",
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = available_commands()
+    if not argv or argv[0] in ("-h", "--help"):
+        _top_parser(commands).print_help()
+        return 0 if argv else 2
+    name = argv[0]
+    if name not in commands:
+        _top_parser(commands).print_usage(sys.stderr)
+        print(f"avsiam: unknown command {name!r}; choose from: {', '.join(commands)}", file=sys.stderr)
+        return 2
+    module_name, help_text = commands[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"avsiam {name}", description=help_text,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        code = module.main(args)
+    except KeyboardInterrupt:
+        print(f"avsiam {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

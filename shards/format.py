@@ -1,0 +1,144 @@
+"""The shard format: the one contract between `pipeline/` (writer) and the loaders (reader).
+
+Version 1. Everything a writer or reader needs to agree on is defined here, once.
+
+Files of a sharded split, in OUT_DIR:
+
+    {split}-{index:06d}.tar            WebDataset tar shard (members below), complete before renaming
+    {split}-{index:06d}.parquet        one row per input row assigned to the shard (ok or failed)
+    {split}-{index:06d}.stats.json     written LAST: its presence commits the shard
+    manifest.parquet                   the plan: input row -> shard assignment
+    dataset.json                       dataset-level counts, failure reasons, parameters, fbank stats
+
+Members of a sample with key KEY, in this order inside the tar:
+
+    KEY.fbank.npy    float16 [T, 128] raw Kaldi log-mel fbank (unpadded, unnormalised); absent
+                     when the clip has no audio stream and single-modality clips are kept
+    KEY.f0.jpg ...   the N frames (JPEG, RGB, FRAME_SIZE x FRAME_SIZE), f0 first; absent without video
+    KEY.json         metadata (META_FIELDS)
+
+Keys contain only [A-Za-z0-9_-] (no '.', '/', control characters), so webdataset's key/suffix split
+is unambiguous and extracting a shard with `tar` cannot write outside its folder.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+FORMAT_VERSION = 1
+
+# --- shard naming -------------------------------------------------------------------------------
+SHARD_DIGITS = 6
+SHARD_NAME_RE = re.compile(r"^(?P<split>[A-Za-z0-9_-]+)-(?P<index>\d{6})\.tar$")
+MANIFEST_NAME = "manifest.parquet"
+DATASET_JSON = "dataset.json"
+
+
+def shard_stem(split: str, index: int) -> str:
+    """`train-000042` for split 'train', index 42."""
+    return f"{split}-{index:0{SHARD_DIGITS}d}"
+
+
+@dataclass(frozen=True)
+class ShardFiles:
+    """The three files of one shard, by purpose."""
+
+    tar: Path
+    record: Path
+    stats: Path
+
+    @classmethod
+    def of(cls, out_dir: str | Path, split: str, index: int) -> "ShardFiles":
+        stem = Path(out_dir) / shard_stem(split, index)
+        return cls(tar=stem.with_suffix(".tar"), record=stem.with_suffix(".parquet"),
+                   stats=stem.with_suffix(".stats.json"))
+
+
+def brace_pattern(out_dir: str | Path, split: str, num_shards: int) -> str:
+    """A webdataset brace URL covering shards 0..num_shards-1 of a split."""
+    last = shard_stem(split, num_shards - 1).rsplit("-", 1)[1]
+    return f"{Path(out_dir)}/{split}-{{{'0' * SHARD_DIGITS}..{last}}}.tar"
+
+
+# --- sample members -----------------------------------------------------------------------------
+FBANK_SUFFIX = "fbank.npy"
+META_SUFFIX = "json"
+FRAME_SUFFIX_RE = re.compile(r"^f(?P<i>\d+)\.jpg$")
+NUM_MEL_BINS = 128
+FBANK_DTYPE = "float16"
+DEFAULT_NUM_FRAMES = 10
+DEFAULT_FRAME_SIZE = 224
+# The only member suffixes a loader decodes; anything else in a shard is ignored, never decoded.
+DECODABLE_SUFFIXES = ("npy", "jpg", "json")
+
+
+def frame_suffix(i: int) -> str:
+    return f"f{i}.jpg"
+
+
+def member_suffixes(num_frames: int, has_audio: bool, has_video: bool) -> list[str]:
+    """Member suffixes of one sample in tar order (fbank, frames, json)."""
+    out = [FBANK_SUFFIX] if has_audio else []
+    if has_video:
+        out += [frame_suffix(i) for i in range(num_frames)]
+    return out + [META_SUFFIX]
+
+
+# Metadata fields written in KEY.json (all present; None where unknown).
+META_FIELDS = (
+    "key",             # sample key (also the tar member prefix)
+    "source_id",       # YTID / file stem / manifest id
+    "path",            # media file the sample came from, relative to --videos when possible
+    "start", "end",    # clip window in seconds within the source file (end None = to the end)
+    "labels",          # list of label ids (AudioSet mids / VGGSound label strings)
+    "label_indices",   # list of int indices into the label vocabulary
+    "fps", "duration", "width", "height",        # of the source video stream (duration of file)
+    "audio_rate", "audio_channels",              # of the source audio stream
+    "fbank_frames",    # T of KEY.fbank.npy (0 when no audio)
+    "num_frames",      # N frames stored
+    "has_audio", "has_video",
+    "format_version", "pipeline_version", "params_hash",
+)
+
+# --- per-shard record (Parquet) -----------------------------------------------------------------
+RECORD_COLUMNS = (
+    "row",          # int: position of the input row in the plan (manifest.parquet)
+    "key",          # str: sample key
+    "source_id",    # str
+    "path",         # str | None: resolved media path (None when no file was found)
+    "status",       # "ok" | "failed"
+    "reason",       # str | None: precise failure reason
+    "has_audio", "has_video",   # bool: modalities present in the written sample
+)
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+# --- keys ---------------------------------------------------------------------------------------
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
+KEY_MAX_LEN = 128
+_KEY_BASE_LEN = 100
+
+
+def sanitize_key(text: str) -> str:
+    """Map any id to a safe key: only [A-Za-z0-9_-], never empty, never '.' or '/'."""
+    key = _KEY_BAD.sub("_", text)[:_KEY_BASE_LEN]
+    return key or "_"
+
+
+def sample_key(source_id: str, start: float | None) -> str:
+    """The key of a clip: sanitised source id plus the window start in milliseconds."""
+    base = sanitize_key(source_id)
+    if start is None:
+        return base
+    return f"{base}_{int(round(start * 1000)):08d}"
+
+
+def is_safe_key(key: str) -> bool:
+    return bool(key) and _KEY_BAD.search(key) is None and len(key) <= KEY_MAX_LEN
+
+
+# --- fbank normalisation defaults (CAV-MAE, AudioSet and VGGSound alike) --------------------------
+DEFAULT_FBANK_MEAN = -5.081
+DEFAULT_FBANK_STD = 4.4849
+TARGET_FRAMES = 1024
