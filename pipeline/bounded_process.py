@@ -1,0 +1,179 @@
+"""Run a child process with a time limit, bounded output on every pipe, and a memory limit.
+
+The only way `pipeline/` starts ffmpeg/ffprobe (through `pipeline.media`). A child that blocks (a
+FIFO, a stalled mount), runs past its deadline or writes more than allowed is killed, and the caller
+gets an exception that says which limit was hit. Outputs other than stdout go through extra pipes
+(`pipe:N` URLs for ffmpeg), all read concurrently so the child never blocks on a full pipe.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+STDOUT = "stdout"
+_CHUNK = 1 << 20
+_STDERR = "\0stderr"  # internal name of the stderr pipe
+_SAMPLE_S = 0.05  # how often the child's peak RSS is read
+_PR_SET_PDEATHSIG = 1
+
+
+class ProcessTimeout(Exception):
+    """The child ran past its time limit and was killed."""
+
+    def __init__(self, seconds: float, stderr_tail: str):
+        super().__init__(f"did not finish within {seconds:g} s")
+        self.seconds = seconds
+        self.stderr_tail = stderr_tail
+
+
+class OutputLimitExceeded(Exception):
+    """The child wrote more than allowed to one of its outputs and was killed."""
+
+    def __init__(self, name: str, limit: int):
+        super().__init__(f"output {name!r} exceeded {limit} bytes")
+        self.name = name
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    returncode: int
+    outputs: dict[str, bytes]
+    stderr_tail: str
+    max_rss_kb: int
+    """Peak resident memory of the child (VmHWM, sampled; 0 where /proc is missing)."""
+
+
+def _child_setup(memory_bytes: int) -> Callable[[], None]:
+    def setup() -> None:
+        if memory_bytes > 0:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+        if sys.platform.startswith("linux"):  # die with the worker that started us
+            try:
+                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            except (OSError, AttributeError):
+                pass
+    return setup
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
+                outputs: Mapping[str, int], timeout_s: float, memory_mb: int = 0,
+                stderr_max_bytes: int = 16384) -> ProcessResult:
+    """Run `build_command(urls)` where urls maps each output name to its `pipe:N` URL.
+
+    `outputs` maps output names to their byte limits; STDOUT is fd 1, every other name gets its own
+    pipe. Raises ProcessTimeout or OutputLimitExceeded (after killing the child).
+    """
+    extra = {}
+    try:
+        for name in outputs:
+            if name != STDOUT:
+                extra[name] = os.pipe()
+        urls = {name: "pipe:1" if name == STDOUT else f"pipe:{extra[name][1]}" for name in outputs}
+        command = build_command(urls)
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
+            stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()),
+            start_new_session=True, preexec_fn=_child_setup(memory_mb << 20))
+    finally:
+        for _, w in extra.values():
+            os.close(w)
+    try:
+        buffers, stderr, max_rss_kb = _collect(proc, {n: r for n, (r, _) in extra.items()},
+                                               outputs, timeout_s, stderr_max_bytes)
+    finally:
+        for r, _ in extra.values():
+            os.close(r)
+    return ProcessResult(proc.returncode, {n: bytes(b) for n, b in buffers.items()}, stderr,
+                         max_rss_kb)
+
+
+def _collect(proc: subprocess.Popen, extra_fds: dict[str, int], limits: Mapping[str, int],
+             timeout_s: float, stderr_max: int) -> tuple[dict[str, bytearray], str, int]:
+    deadline = time.monotonic() + timeout_s
+    selector = selectors.DefaultSelector()
+    fds = dict(extra_fds)
+    if proc.stdout is not None:
+        fds[STDOUT] = proc.stdout.fileno()
+    fds[_STDERR] = proc.stderr.fileno()
+    buffers = {name: bytearray() for name in fds}
+    for name, fd in fds.items():
+        os.set_blocking(fd, False)
+        selector.register(fd, selectors.EVENT_READ, name)
+    peak_kb = 0
+    try:
+        while selector.get_map():
+            peak_kb = max(peak_kb, _peak_rss_kb(proc.pid))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _kill(proc)
+                raise ProcessTimeout(timeout_s, _tail(buffers[_STDERR], stderr_max))
+            for key, _ in selector.select(min(remaining, _SAMPLE_S)):
+                name = key.data
+                try:
+                    data = os.read(key.fd, _CHUNK)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    selector.unregister(key.fd)
+                    continue
+                buf = buffers[name]
+                buf += data
+                if name == _STDERR:
+                    if len(buf) > 2 * stderr_max:
+                        del buf[:-stderr_max]
+                elif len(buf) > limits[name]:
+                    _kill(proc)
+                    raise OutputLimitExceeded(name, limits[name])
+        peak_kb = max(peak_kb, _peak_rss_kb(proc.pid))
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _kill(proc)
+            raise ProcessTimeout(timeout_s, _tail(buffers[_STDERR], stderr_max)) from None
+    finally:
+        selector.close()
+        if proc.returncode is None:
+            _kill(proc)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+    stderr = _tail(buffers.pop(_STDERR), stderr_max)
+    return buffers, stderr, peak_kb
+
+
+def _peak_rss_kb(pid: int) -> int:
+    """The child's peak resident memory since exec (VmHWM), 0 where /proc is not available.
+
+    getrusage/wait4 cannot give this: Linux counts the forking parent's RSS into a child's
+    ru_maxrss at exec. Sampled while the child runs; VmHWM is a high-water mark, so the last
+    reading before exit covers everything up to it."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _tail(buf: bytearray | bytes, limit: int) -> str:
+    return bytes(buf[-limit:]).decode("utf-8", "replace")

@@ -1,0 +1,250 @@
+"""One plan row -> one sample: find the file, probe it, decode its window once, build the members.
+
+This runs inside a worker process. It never raises for bad input: every problem becomes a failed
+`ClipResult` with a precise reason. The result carries the sample's tar members in format order
+(fbank, frames, json) and its fbank moments, so the parent only writes bytes.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import errors, fbank as fbank_mod, frames as frames_mod, media
+from pipeline.params import PIPELINE_VERSION, SAMPLE_RATE, ClipParams, MediaLimits
+from pipeline.stats import Moments, sample_moments
+from shards import format as fmt
+
+# Test-only fault hook: a worker whose row has this source id exits at once (os._exit), as a crash
+# in native code would. Used to prove that dead workers are replaced and their rows recorded.
+FAULT_EXIT_ENV = "AVSIAM_TEST_EXIT_ON_SOURCE_ID"
+
+
+@dataclass(frozen=True)
+class ClipTask:
+    """What a worker needs to make one sample (a plan row)."""
+
+    row: int
+    key: str
+    source_id: str
+    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir or absolute
+    start: float | None
+    end: float | None
+    labels: tuple[str, ...]
+    label_indices: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ClipContext:
+    """Per-job settings shared by all tasks of a worker."""
+
+    videos_dir: str
+    params: ClipParams
+    limits: MediaLimits
+    params_hash: str
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    row: int
+    key: str
+    source_id: str
+    path: str | None
+    status: str
+    reason: str | None = None
+    has_audio: bool = False
+    has_video: bool = False
+    members: tuple[tuple[str, bytes], ...] = ()
+    moments: Moments = field(default_factory=Moments)
+    ffmpeg_max_rss_kb: int = 0
+
+
+def failed(task: ClipTask, reason: str, path: str | None = None) -> ClipResult:
+    return ClipResult(task.row, task.key, task.source_id, path, fmt.STATUS_FAILED, reason)
+
+
+def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
+    """Make the sample of `task`; bad input gives a failed result, never an exception."""
+    if os.environ.get(FAULT_EXIT_ENV) == task.source_id:
+        os._exit(86)
+    path = None
+    try:
+        resolved = resolve_path(task, ctx.videos_dir)
+        path = _display_path(resolved, ctx.videos_dir)
+        return _make_sample(task, ctx, resolved, path)
+    except errors.ClipError as exc:
+        return failed(task, exc.reason, path)
+    except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
+        return failed(task, f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}"[:500], path)
+
+
+def resolve_path(task: ClipTask, videos_dir: str) -> Path:
+    """The first candidate that is a non-empty regular file (checked by stat, never opened).
+
+    If none is, the first candidate that exists in a bad form (a FIFO, a folder, 0 bytes) gives
+    the reason; if none exists at all, the row's file is missing."""
+    problem = None
+    for candidate in task.candidates:
+        if not os.path.isabs(candidate) and os.path.normpath(candidate).startswith(".."):
+            raise errors.ClipError(errors.UNSAFE_PATH, f"{candidate!r} would leave {videos_dir}")
+        path = Path(videos_dir, candidate)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            problem = problem or errors.ClipError(errors.UNREADABLE_FILE, f"{path}: {exc.strerror}")
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a FIFO" if stat.S_ISFIFO(info.st_mode) else \
+                "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            problem = problem or errors.ClipError(errors.NOT_REGULAR_FILE, f"{path} is {kind}")
+        elif info.st_size == 0:
+            problem = problem or errors.ClipError(errors.EMPTY_FILE, f"{path} has 0 bytes")
+        else:
+            return path
+    if problem is not None:
+        raise problem
+    shown = ", ".join(task.candidates[:4]) + (", ..." if len(task.candidates) > 4 else "")
+    raise errors.ClipError(errors.MISSING_FILE, f"none of {shown} under {videos_dir}")
+
+
+def _display_path(path: Path, videos_dir: str) -> str:
+    try:
+        return str(path.relative_to(videos_dir))
+    except ValueError:
+        return str(path)
+
+
+def _window(task: ClipTask, info: media.MediaInfo, params: ClipParams) -> tuple[float, float]:
+    """(start, seconds to decode) of the clip window, checked against the file and the limits."""
+    start = task.start or 0.0
+    if start < 0 or (task.end is not None and task.end <= start):
+        raise errors.ClipError(errors.BAD_WINDOW, f"window [{start:g}, {task.end}] is empty")
+    if info.duration is not None and start >= info.duration:
+        raise errors.ClipError(errors.WINDOW_OUTSIDE_FILE,
+                               f"window starts at {start:g} s but the file lasts "
+                               f"{info.duration:.3f} s")
+    if task.end is not None:
+        seconds = task.end - start
+    elif info.duration is not None:
+        seconds = info.duration - start
+    else:
+        seconds = params.max_window_seconds
+    if seconds > params.max_window_seconds + 1e-6:
+        raise errors.ClipError(errors.WINDOW_TOO_LONG,
+                               f"window of {seconds:.1f} s exceeds max_window_seconds "
+                               f"{params.max_window_seconds:g} (use --clip-seconds to cut "
+                               f"whole-file clips, or raise --max-window-seconds)")
+    return start, seconds
+
+
+def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> ClipResult:
+    params = ctx.params
+    info = media.probe(path, params, ctx.limits)
+    if info.audio is None and info.video is None:
+        raise errors.ClipError(errors.NO_STREAMS, f"{shown} has no audio or video stream")
+    if not params.keep_single_modality:
+        if info.audio is None:
+            raise errors.ClipError(errors.NO_AUDIO, f"{shown} has no audio stream")
+        if info.video is None:
+            raise errors.ClipError(errors.NO_VIDEO, f"{shown} has no video stream")
+    start, seconds = _window(task, info, params)
+    available = seconds if info.duration is None else min(seconds, info.duration - start)
+    indices: list[int] = []
+    if info.video is not None:
+        whole = start == 0 and (task.end is None or
+                                (info.duration is not None and task.end >= info.duration))
+        total = frames_mod.frame_total(info.video.fps, available,
+                                       info.video.nb_frames if whole else None)
+        indices = frames_mod.frame_indices(total, params.num_frames)
+    decoded = media.decode_window(path, info, start=start, seconds=seconds,
+                                  frame_indices=sorted(set(indices)),
+                                  want_audio=info.audio is not None,
+                                  want_video=info.video is not None, params=params,
+                                  limits=ctx.limits)
+    has_audio = decoded.audio is not None and len(decoded.audio) // 2 >= fbank_mod.MIN_SAMPLES
+    has_video = bool(decoded.frames)
+    _check_modalities(info, decoded, has_audio, has_video, params, start, seconds)
+
+    members: list[tuple[str, bytes]] = []
+    moments = Moments()
+    fbank_frames = 0
+    if has_audio:
+        bank = fbank_mod.compute_fbank(decoded.audio)
+        fbank_frames = int(bank.shape[0])
+        moments = sample_moments(bank)
+        members.append((fmt.FBANK_SUFFIX, _npy_bytes(bank)))
+    if has_video:
+        jpegs = [frames_mod.encode_jpeg(rgb, params.frame_size, params.jpeg_quality)
+                 for rgb in decoded.frames]
+        for i, jpeg in enumerate(frames_mod.expand_frames(indices, jpegs)):
+            members.append((fmt.frame_suffix(i), jpeg))
+    meta = _metadata(task, ctx, info, shown, fbank_frames, has_audio, has_video)
+    members.append((fmt.META_SUFFIX, meta))
+    return ClipResult(task.row, task.key, task.source_id, shown, fmt.STATUS_OK, None, has_audio,
+                      has_video, tuple(members), moments, decoded.ffmpeg_max_rss_kb)
+
+
+def _check_modalities(info, decoded, has_audio, has_video, params, start, seconds) -> None:
+    window = f"window [{start:g}, {start + seconds:g}] s"
+    if not has_audio and not has_video:
+        raise errors.ClipError(errors.DECODE_FAILED, f"no audio or video decoded in the {window}")
+    if params.keep_single_modality:
+        return
+    if not has_audio:
+        samples = len(decoded.audio or b"") // 2
+        raise errors.ClipError(errors.NO_AUDIO_SAMPLES,
+                               f"audio stream gave {samples} samples in the {window} "
+                               f"(need {fbank_mod.MIN_SAMPLES})")
+    if not has_video:
+        raise errors.ClipError(errors.NO_VIDEO_FRAMES, f"video stream gave no frame in the {window}")
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    np.save(out, np.ascontiguousarray(array), allow_pickle=False)
+    return out.getvalue()
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(float(value), 6)
+
+
+def _metadata(task: ClipTask, ctx: ClipContext, info: media.MediaInfo, shown: str,
+              fbank_frames: int, has_audio: bool, has_video: bool) -> bytes:
+    video, audio = info.video, info.audio
+    values = {
+        "key": task.key, "source_id": task.source_id, "path": shown,
+        "start": _round(task.start or 0.0), "end": _round(task.end),
+        "labels": list(task.labels), "label_indices": list(task.label_indices),
+        "fps": _round(video.fps) if video else None, "duration": _round(info.duration),
+        "width": video.width if video else None, "height": video.height if video else None,
+        "audio_rate": audio.rate if audio else None,
+        "audio_channels": audio.channels if audio else None,
+        "fbank_frames": fbank_frames,
+        "num_frames": ctx.params.num_frames if has_video else 0,
+        "has_audio": has_audio, "has_video": has_video,
+        "format_version": fmt.FORMAT_VERSION, "pipeline_version": PIPELINE_VERSION,
+        "params_hash": ctx.params_hash,
+    }
+    assert tuple(values) == fmt.META_FIELDS, "metadata fields drifted from shards.format"
+    return json.dumps(values, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def warm_up() -> None:
+    """Load torch/torchaudio once per worker and pin it to one thread."""
+    import torch
+    from torchaudio.compliance import kaldi  # noqa: F401
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    fbank_mod.compute_fbank(np.zeros(SAMPLE_RATE // 10, dtype="<i2").tobytes())

@@ -1,0 +1,213 @@
+"""Manifest readers: what users have -> one list of clips (source id, file, window, labels).
+
+Formats (`kind`):
+- `audioset`: segment CSVs (`# ...` header lines, then `YTID, start, end, "mid1,mid2"`).
+- `vggsound`: no header, `ytid,start,label,split`; the clip is start .. start + 10 s.
+- `csv` / `parquet`: a header with an id column (`id`, `ytid`, `youtube_id`, `video_id`,
+  `source_id`) and/or a `path` column, optional `start`/`end` (or `*_seconds`) and `labels`
+  (comma-separated, or a list in Parquet) or `label` (one label).
+- `folder`: every media file under --videos (sorted), whole file, no labels.
+`auto` picks the format from the file name and its first line.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+VGGSOUND_SECONDS = 10.0
+KINDS = ("auto", "audioset", "vggsound", "csv", "parquet", "folder")
+_ID_COLUMNS = ("id", "ytid", "youtube_id", "video_id", "source_id")
+_PATH_COLUMNS = ("path", "file", "filename")
+_START_COLUMNS = ("start", "start_seconds", "start_time")
+_END_COLUMNS = ("end", "end_seconds", "end_time")
+
+
+class ManifestError(ValueError):
+    """A manifest that cannot be read; the message names the file, the line and the fix."""
+
+
+@dataclass
+class Manifest:
+    """Clips in input order (parallel lists), plus the format they came from."""
+
+    kind: str
+    source_ids: list[str] = field(default_factory=list)
+    paths: list[str | None] = field(default_factory=list)
+    starts: list[float | None] = field(default_factory=list)
+    ends: list[float | None] = field(default_factory=list)
+    labels: list[tuple[str, ...]] = field(default_factory=list)
+    splits: list[str | None] = field(default_factory=list)
+
+    def add(self, source_id: str, path: str | None, start: float | None, end: float | None,
+            labels: tuple[str, ...], split: str | None = None) -> None:
+        self.source_ids.append(source_id)
+        self.paths.append(path)
+        self.starts.append(start)
+        self.ends.append(end)
+        self.labels.append(labels)
+        self.splits.append(split)
+
+    def __len__(self) -> int:
+        return len(self.source_ids)
+
+    def select_split(self, split: str) -> "Manifest":
+        """Only the rows whose own split column (VGGSound's train/test) equals `split`."""
+        out = Manifest(self.kind)
+        for i, row_split in enumerate(self.splits):
+            if row_split == split:
+                out.add(self.source_ids[i], self.paths[i], self.starts[i], self.ends[i],
+                        self.labels[i], row_split)
+        return out
+
+
+def _seconds(text, where: str) -> float | None:
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ManifestError(f"{where}: {text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise ManifestError(f"{where}: {text!r} must be a finite number >= 0")
+    return value
+
+
+def _split_labels(text) -> tuple[str, ...]:
+    if text is None:
+        return ()
+    if isinstance(text, (list, tuple)):
+        return tuple(str(t).strip() for t in text if str(t).strip())
+    return tuple(t.strip() for t in str(text).split(",") if t.strip())
+
+
+def detect_kind(manifest: str | Path | None) -> str:
+    if manifest is None:
+        return "folder"
+    path = Path(manifest)
+    if path.suffix.lower() == ".parquet":
+        return "parquet"
+    try:
+        with open(path, encoding="utf-8-sig") as handle:
+            first = next((line for line in handle if line.strip()), "")
+    except OSError as exc:
+        raise ManifestError(f"cannot read manifest {path}: {exc.strerror}") from None
+    if first.startswith("#"):
+        return "audioset"
+    fields = next(csv.reader([first], skipinitialspace=True), [])
+    if len(fields) == 4 and fields[3].strip().lower() in ("train", "test"):
+        return "vggsound"
+    return "csv"
+
+
+def read_manifest(manifest: str | Path | None, kind: str = "auto", *, videos: str | Path = "",
+                  extensions: tuple[str, ...] = ()) -> Manifest:
+    """Read any supported manifest; `videos` and `extensions` are used by the folder kind."""
+    if kind not in KINDS:
+        raise ManifestError(f"unknown manifest format {kind!r}; choose from {', '.join(KINDS)}")
+    if kind == "auto":
+        kind = detect_kind(manifest)
+    if kind == "folder":
+        return read_folder(videos, extensions)
+    if manifest is None:
+        raise ManifestError(f"--manifest is required for the {kind} format")
+    reader = {"audioset": read_audioset, "vggsound": read_vggsound, "csv": read_table,
+              "parquet": read_table}[kind]
+    return reader(Path(manifest))
+
+
+def read_audioset(path: Path) -> Manifest:
+    out = Manifest("audioset")
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        for line_no, fields in enumerate(csv.reader(handle, skipinitialspace=True), 1):
+            if not fields or fields[0].startswith("#") or not "".join(fields).strip():
+                continue
+            where = f"{path}:{line_no}"
+            if len(fields) < 4:
+                raise ManifestError(f"{where}: expected 'YTID, start_seconds, end_seconds, "
+                                    f"\"labels\"', got {len(fields)} fields")
+            out.add(fields[0].strip(), None, _seconds(fields[1], where), _seconds(fields[2], where),
+                    _split_labels(",".join(fields[3:])))
+    return out
+
+
+def read_vggsound(path: Path) -> Manifest:
+    out = Manifest("vggsound")
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        for line_no, fields in enumerate(csv.reader(handle), 1):
+            if not fields or not "".join(fields).strip():
+                continue
+            where = f"{path}:{line_no}"
+            if len(fields) != 4:
+                raise ManifestError(f"{where}: expected 'ytid,start_seconds,label,split' (quote "
+                                    f"labels that contain commas), got {len(fields)} fields")
+            start = _seconds(fields[1], where)
+            label = fields[2].strip()
+            out.add(fields[0].strip(), None, start, (start or 0.0) + VGGSOUND_SECONDS,
+                    (label,) if label else (), fields[3].strip().lower())
+    return out
+
+
+def _column(names: list[str], options: tuple[str, ...]) -> str | None:
+    lowered = {n.lower(): n for n in names}
+    return next((lowered[o] for o in options if o in lowered), None)
+
+
+def read_table(path: Path) -> Manifest:
+    """A generic CSV (with header) or Parquet manifest."""
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+        try:
+            data = pq.read_table(path).to_pydict()
+        except Exception as exc:
+            raise ManifestError(f"cannot read Parquet manifest {path}: {exc}") from None
+        names = list(data)
+        rows = [{n: data[n][i] for n in names} for i in range(len(data[names[0]]))] if names else []
+        kind = "parquet"
+    else:
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle, skipinitialspace=True)
+            names = list(reader.fieldnames or [])
+            rows = list(reader)
+        kind = "csv"
+    id_col, path_col = _column(names, _ID_COLUMNS), _column(names, _PATH_COLUMNS)
+    if id_col is None and path_col is None:
+        raise ManifestError(f"{path}: needs an id column ({', '.join(_ID_COLUMNS)}) or a path "
+                            f"column ({', '.join(_PATH_COLUMNS)}); found {', '.join(names)}")
+    start_col, end_col = _column(names, _START_COLUMNS), _column(names, _END_COLUMNS)
+    labels_col, label_col = _column(names, ("labels", "positive_labels")), _column(names, ("label",))
+    out = Manifest(kind)
+    for i, row in enumerate(rows):
+        where = f"{path} row {i + 1}"
+        file = str(row[path_col]).strip() if path_col and row[path_col] not in (None, "") else None
+        source = str(row[id_col]).strip() if id_col and row[id_col] not in (None, "") else None
+        if source is None:
+            if file is None:
+                raise ManifestError(f"{where}: has neither an id nor a path")
+            source = os.path.splitext(file)[0]
+        labels = _split_labels(row[labels_col]) if labels_col else ()
+        if label_col and row[label_col] not in (None, ""):
+            labels += (str(row[label_col]).strip(),)
+        out.add(source, file, _seconds(row[start_col], where) if start_col else None,
+                _seconds(row[end_col], where) if end_col else None, labels)
+    return out
+
+
+def read_folder(videos: str | Path, extensions: tuple[str, ...]) -> Manifest:
+    """Every file under `videos` whose extension is listed, sorted by relative path."""
+    root = Path(videos)
+    if not root.is_dir():
+        raise ManifestError(f"--videos {root} is not a folder")
+    wanted = {e.lower().lstrip(".") for e in extensions}
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in files:
+            if os.path.splitext(name)[1].lower().lstrip(".") in wanted:
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    out = Manifest("folder")
+    for rel in sorted(found):
+        out.add(os.path.splitext(rel)[0], rel, None, None, ())
+    return out

@@ -1,0 +1,208 @@
+"""The one ffmpeg wrapper: probe a file (decodes nothing), then decode a clip window in ONE process.
+
+`probe` runs ffprobe and checks what the file claims (streams, dimensions, duration) against the
+limits before anything is decoded. `decode_window` builds one ffmpeg command with ffmpeg-python that
+seeks to the window (-ss/-t on the input) and writes two outputs at once: the window's audio
+(16 kHz, `-ac 1` downmix, s16le) on one pipe and the selected frames, already scaled (short side,
+bicubic) and centre-cropped inside the filter graph, as rgb24 on stdout. Every call is bounded in
+time, output bytes and memory (`pipeline.bounded_process`); failures raise `ClipError` with a code.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import ffmpeg
+
+from pipeline import errors
+from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessTimeout, run_bounded)
+from pipeline.params import SAMPLE_RATE, ClipParams, MediaLimits
+
+FALLBACK_FPS = 25.0
+_MAX_SANE_FPS = 240.0
+_AUDIO = "audio"
+
+
+@dataclass(frozen=True)
+class VideoStream:
+    index: int
+    width: int          # as displayed (after rotation)
+    height: int
+    fps: float          # rate used to index frames (avg_frame_rate, else r_frame_rate, else 25)
+    nb_frames: int | None
+    rotation: int
+
+
+@dataclass(frozen=True)
+class AudioStream:
+    index: int
+    rate: int
+    channels: int
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    duration: float | None
+    audio: AudioStream | None
+    video: VideoStream | None
+
+
+@dataclass(frozen=True)
+class Decoded:
+    audio: bytes | None          # s16le mono at SAMPLE_RATE (None when not requested)
+    frames: list[bytes]          # rgb24 frame_size x frame_size, one per selected index, in order
+    ffmpeg_max_rss_kb: int
+
+
+def _input_url(path: Path) -> str:
+    # "file:" stops ffmpeg from reading a protocol out of names like "a:b.mp4".
+    return f"file:{path.resolve()}"
+
+
+def _last_lines(text: str) -> str:
+    """The last two distinct lines of ffmpeg's stderr (the cause is often the one before last)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    last = list(dict.fromkeys(lines[-2:]))
+    return " / ".join(last)[-400:] if last else "no message"
+
+
+def _ratio(text: str | None) -> float:
+    try:
+        value = float(Fraction(text)) if text else 0.0
+    except (ValueError, ZeroDivisionError):
+        return 0.0
+    return value if math.isfinite(value) else 0.0
+
+
+def _float(value) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if math.isfinite(out) and out >= 0 else None
+
+
+def _rotation(stream: dict) -> int:
+    for side in stream.get("side_data_list") or []:
+        if "rotation" in side:
+            return int(round(float(side["rotation"]))) % 360
+    tag = (stream.get("tags") or {}).get("rotate")
+    return int(round(float(tag))) % 360 if _float(tag) is not None else 0
+
+
+def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
+    """Streams, dimensions and duration of `path`, checked against the limits."""
+    command = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json",
+               _input_url(path)]
+    try:
+        result = run_bounded(lambda urls: command, outputs={STDOUT: limits.probe_max_bytes},
+                             timeout_s=limits.probe_timeout_s, memory_mb=limits.ffmpeg_memory_mb)
+    except ProcessTimeout as exc:
+        raise errors.ClipError(errors.TIMEOUT, f"ffprobe {exc} (file blocks or is unreadable)")
+    except OutputLimitExceeded as exc:
+        raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffprobe {exc}")
+    if result.returncode != 0:
+        raise errors.ClipError(errors.PROBE_FAILED,
+                               f"ffprobe exit {result.returncode}: {_last_lines(result.stderr_tail)}")
+    try:
+        data = json.loads(result.outputs[STDOUT] or b"{}")
+    except ValueError as exc:
+        raise errors.ClipError(errors.PROBE_FAILED, f"ffprobe printed invalid JSON ({exc})")
+    return _parse_probe(data, params)
+
+
+def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:
+    streams = data.get("streams") or []
+    duration = _float((data.get("format") or {}).get("duration"))
+    audio = video = None
+    for stream in streams:
+        kind = stream.get("codec_type")
+        if kind == "audio" and audio is None:
+            rate = int(_float(stream.get("sample_rate")) or 0)
+            channels = int(stream.get("channels") or 0)
+            if rate > 0 and channels > 0:
+                audio = AudioStream(int(stream["index"]), rate, channels)
+        elif kind == "video" and video is None:
+            if (stream.get("disposition") or {}).get("attached_pic"):
+                continue  # cover art, not a video
+            video = _video_stream(stream, params)
+        if duration is None and kind in ("audio", "video"):
+            duration = _float(stream.get("duration"))
+    if duration is not None and duration > params.max_source_seconds:
+        raise errors.ClipError(errors.ABSURD_DURATION,
+                               f"file claims {duration:.1f} s, over the {params.max_source_seconds:g}"
+                               f" s limit (max_source_seconds)")
+    return MediaInfo(duration=duration, audio=audio, video=video)
+
+
+def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
+    width, height = int(stream.get("width") or 0), int(stream.get("height") or 0)
+    if width <= 0 or height <= 0 or width * height > params.max_pixels or \
+            max(width, height) > params.max_side:
+        raise errors.ClipError(errors.ABSURD_DIMENSIONS,
+                               f"video stream claims {width}x{height}; accepted: both > 0, at most "
+                               f"{params.max_side} per side and {params.max_pixels} pixels")
+    rotation = _rotation(stream)
+    if rotation in (90, 270):
+        width, height = height, width
+    fps = next((f for f in (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")))
+                if 0 < f <= _MAX_SANE_FPS), FALLBACK_FPS)
+    nb = _float(stream.get("nb_frames"))
+    return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation)
+
+
+def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
+                  frame_indices: list[int], want_audio: bool, want_video: bool,
+                  params: ClipParams, limits: MediaLimits) -> Decoded:
+    """Decode [start, start+seconds) once: mono 16 kHz audio and the frames at `frame_indices`
+    (sorted, unique, counted at the stream's fps from the window start)."""
+    size = params.frame_size
+    outputs: dict[str, int] = {}
+    if want_audio:
+        outputs[_AUDIO] = int(math.ceil((seconds + 1.0) * SAMPLE_RATE)) * 2 + 65536
+    if want_video:
+        outputs[STDOUT] = len(frame_indices) * size * size * 3
+
+    def build(urls: dict[str, str]) -> list[str]:
+        input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
+        if start > 0:
+            input_args["ss"] = f"{start:.6f}"
+        source = ffmpeg.input(_input_url(path), **input_args)
+        nodes = []
+        if want_video:
+            chosen = "+".join(f"eq(n,{i})" for i in frame_indices)
+            short = f"if(lt(iw,ih),{size},-1)", f"if(lt(iw,ih),-1,{size})"
+            video = (source[str(info.video.index)]
+                     .filter("fps", fps=f"{info.video.fps:.6f}")
+                     .filter("select", chosen)
+                     .filter("scale", short[0], short[1], flags="bicubic")
+                     .filter("crop", size, size))
+            nodes.append(ffmpeg.output(video, urls[STDOUT], format="rawvideo", pix_fmt="rgb24",
+                                       vsync="passthrough", threads=1))
+        if want_audio:
+            nodes.append(ffmpeg.output(source[str(info.audio.index)], urls[_AUDIO], format="s16le",
+                                       acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE))
+        command = ffmpeg.merge_outputs(*nodes).compile()
+        command[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+        if limits.ffmpeg_threads > 0:
+            command[1:1] = ["-filter_complex_threads", str(limits.ffmpeg_threads)]
+        return command
+
+    try:
+        result = run_bounded(build, outputs=outputs, timeout_s=limits.decode_timeout_s,
+                             memory_mb=limits.ffmpeg_memory_mb)
+    except ProcessTimeout as exc:
+        raise errors.ClipError(errors.TIMEOUT, f"ffmpeg {exc} (decode of {seconds:g} s window)")
+    except OutputLimitExceeded as exc:
+        raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffmpeg {exc}")
+    if result.returncode != 0:
+        raise errors.ClipError(errors.DECODE_FAILED,
+                               f"ffmpeg exit {result.returncode}: {_last_lines(result.stderr_tail)}")
+    raw = result.outputs.get(STDOUT, b"")
+    frame_bytes = size * size * 3
+    frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
+    return Decoded(audio=result.outputs.get(_AUDIO) if want_audio else None, frames=frames,
+                   ffmpeg_max_rss_kb=result.max_rss_kb)

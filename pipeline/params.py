@@ -1,0 +1,104 @@
+"""What a clip becomes (`ClipParams`) and the limits that protect a worker from its input (`MediaLimits`).
+
+`ClipParams` holds every parameter that changes the bytes of a sample; its hash (`params_hash`) is
+stored in each sample's json and in dataset.json, and a re-run with other values is refused.
+`MediaLimits` bounds the time, output and memory of each ffmpeg/ffprobe process and rejects files
+that claim absurd dimensions or durations before anything is decoded.
+
+Per-clip memory (documented bound): Python holds the window's audio (16 kHz s16 mono, at most
+`max_window_seconds` x 32 KB) and N frames at frame_size x frame_size x 3 bytes; frames are selected,
+scaled and cropped inside ffmpeg's filter graph, so full-resolution frames never reach Python. The
+ffmpeg child decodes with `ffmpeg_threads` threads (default 1) under an address-space limit of
+`ffmpeg_memory_mb`; its frame buffers scale with the source resolution, capped by `max_pixels`.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+
+from shards import format as fmt
+
+PIPELINE_VERSION = "1.0"
+SAMPLE_RATE = 16000
+# The CAV-MAE fbank arguments (torchaudio.compliance.kaldi.fbank), fixed by the format.
+FBANK_ARGS = dict(htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
+                  window_type="hanning", num_mel_bins=fmt.NUM_MEL_BINS, dither=0.0, frame_shift=10)
+
+
+class ParamsError(ValueError):
+    """An invalid parameter; the message names it and the accepted range."""
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ParamsError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClipParams:
+    """Everything that decides the bytes of a sample (besides the input file and the plan)."""
+
+    num_frames: int = fmt.DEFAULT_NUM_FRAMES
+    """Frames stored per clip, at CAV-MAE indices int(i * total / N)."""
+    frame_size: int = fmt.DEFAULT_FRAME_SIZE
+    """Short side resized (bicubic) to this, then centre-cropped to frame_size x frame_size."""
+    jpeg_quality: int = 90
+    """PIL JPEG quality of the stored frames."""
+    keep_single_modality: bool = False
+    """Keep clips that have only audio or only video (recorded per sample); else they fail."""
+    max_window_seconds: float = 60.0
+    """Longest clip window decoded; a longer window (e.g. a whole 2-hour file) fails its row."""
+    max_pixels: int = 40_000_000
+    """Largest width x height of a video stream accepted (8K UHD is 33.2 M)."""
+    max_side: int = 16384
+    """Largest width or height accepted."""
+    max_source_seconds: float = 48 * 3600.0
+    """Longest file duration accepted (what the container claims)."""
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.num_frames <= 1000, f"num_frames must be in 1..1000, got {self.num_frames}")
+        _check(16 <= self.frame_size <= 4096, f"frame_size must be in 16..4096, got {self.frame_size}")
+        _check(1 <= self.jpeg_quality <= 100,
+               f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+        _check(0 < self.max_window_seconds <= 24 * 3600,
+               f"max_window_seconds must be in (0, 86400], got {self.max_window_seconds}")
+        _check(self.max_pixels > 0 and self.max_side > 0, "max_pixels and max_side must be > 0")
+        _check(self.max_source_seconds > 0, "max_source_seconds must be > 0")
+
+    def as_dict(self) -> dict:
+        """All output-affecting values, including the fixed audio and fbank settings."""
+        out = asdict(self)
+        out.update(sample_rate=SAMPLE_RATE, audio_channels=1, fbank=dict(FBANK_ARGS),
+                   frame_filter="scale short side bicubic + centre crop (ffmpeg)",
+                   format_version=fmt.FORMAT_VERSION, pipeline_version=PIPELINE_VERSION)
+        return out
+
+
+def params_hash(values: dict) -> str:
+    """A short stable hash of a JSON-able dict of parameters."""
+    text = json.dumps(values, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MediaLimits:
+    """Bounds on each ffmpeg/ffprobe process; they do not change the bytes of a good sample."""
+
+    probe_timeout_s: float = 30.0
+    """Time limit of one ffprobe call."""
+    decode_timeout_s: float = 120.0
+    """Time limit of the one ffmpeg decode of a clip."""
+    probe_max_bytes: int = 4 << 20
+    """Largest ffprobe JSON accepted."""
+    ffmpeg_threads: int = 1
+    """Decoder/filter threads per ffmpeg (1: one worker per core is the fast layout)."""
+    ffmpeg_memory_mb: int = 4096
+    """Address-space limit (RLIMIT_AS) of each ffmpeg/ffprobe child; 0 disables it."""
+
+    def __post_init__(self) -> None:
+        _check(self.probe_timeout_s > 0 and self.decode_timeout_s > 0, "timeouts must be > 0")
+        _check(self.probe_max_bytes >= 4096, "probe_max_bytes must be >= 4096")
+        _check(self.ffmpeg_threads >= 0, "ffmpeg_threads must be >= 0 (0 = ffmpeg's choice)")
+        _check(self.ffmpeg_memory_mb == 0 or self.ffmpeg_memory_mb >= 256,
+               "ffmpeg_memory_mb must be 0 (no limit) or >= 256")

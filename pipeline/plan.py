@@ -1,0 +1,249 @@
+"""The plan (`manifest.parquet`): every input row, its sample key, candidate files and shard.
+
+Built from the manifest and the plan parameters alone (never from which files exist), so every
+re-run and every parallel task computes the same plan. Rows keep manifest order; shards take
+consecutive rows, closed at `samples_per_shard` rows or when the rows' worst-case sample sizes
+would pass `max_shard_bytes`. The plan is written once, atomically; a later run whose plan or
+output parameters differ is refused with a message saying what changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.clip import ClipTask
+from pipeline.labels import Vocabulary
+from pipeline.manifest import Manifest, ManifestError
+from pipeline.params import ClipParams, ParamsError
+from shards import format as fmt
+
+DEFAULT_EXTENSIONS = ("mp4", "mkv", "webm", "avi", "mov", "flv", "m4a", "wav", "flac", "mp3")
+_META_KEY = b"avsiam.plan"
+
+
+class PlanMismatch(RuntimeError):
+    """The stored plan was made from other inputs or parameters."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlanParams:
+    """What decides the row -> shard assignment and the candidate file names."""
+
+    split: str = "train"
+    """Split name in shard file names ({split}-000000.tar)."""
+    samples_per_shard: int = 1000
+    """Most rows per shard."""
+    max_shard_bytes: int = 2 << 30
+    """Most bytes per tar, guaranteed by planning with each row's worst-case sample size."""
+    template: str = "{ytid}"
+    """File name under --videos; fields {ytid} {id} {start} {end} {start_ms} {end_ms}."""
+    extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    """Extensions tried, in order, when the template has none of them."""
+    clip_seconds: float | None = None
+    """Window length for rows without an end (e.g. a folder of long files); None = whole file."""
+
+    def __post_init__(self) -> None:
+        if not self.split or fmt.sanitize_key(self.split) != self.split:
+            raise ParamsError(f"split {self.split!r} may hold only letters, digits, '_' and '-'")
+        if self.samples_per_shard < 1 or self.max_shard_bytes < 1 << 20:
+            raise ParamsError("samples_per_shard must be >= 1 and max_shard_bytes >= 1 MiB")
+        if self.clip_seconds is not None and not self.clip_seconds > 0:
+            raise ParamsError(f"clip_seconds must be > 0, got {self.clip_seconds}")
+        object.__setattr__(self, "extensions",
+                           tuple(e.lower().lstrip(".") for e in self.extensions if e.strip()))
+
+
+@dataclass
+class Plan:
+    table: pa.Table
+    meta: dict
+    offsets: list[int] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        shards = self.table.column("shard").to_pylist()
+        self.offsets = [0] + [i for i in range(1, len(shards)) if shards[i] != shards[i - 1]]
+        self.offsets.append(len(shards))
+
+    @property
+    def num_shards(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def split(self) -> str:
+        return self.meta["plan_params"]["split"]
+
+    def shard_slice(self, shard: int) -> pa.Table:
+        return self.table.slice(self.offsets[shard], self.offsets[shard + 1] - self.offsets[shard])
+
+    def tasks(self, shard: int) -> list[ClipTask]:
+        extensions = tuple(self.meta["plan_params"]["extensions"])
+        return [ClipTask(row=r["row"], key=r["key"], source_id=r["source_id"],
+                         candidates=candidates(r["path"], extensions), start=r["start"],
+                         end=r["end"], labels=tuple(r["labels"]),
+                         label_indices=tuple(r["label_indices"]))
+                for r in self.shard_slice(shard).to_pylist()]
+
+
+def _number(value: float | None):
+    if value is None:
+        return None
+    return int(value) if float(value).is_integer() else value
+
+
+def render_template(template: str, source_id: str, start: float | None,
+                    end: float | None) -> str:
+    """The file name of a row under --videos (extension alternatives come from `candidates`)."""
+    fields = dict(ytid=source_id, id=source_id, start=_number(start), end=_number(end),
+                  start_ms=None if start is None else int(round(start * 1000)),
+                  end_ms=None if end is None else int(round(end * 1000)))
+    try:
+        return template.format(**fields)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        raise ManifestError(f"--template {template!r} does not fit row {source_id!r} "
+                            f"(start={start}, end={end}): {exc}") from None
+
+
+def candidates(name: str, extensions: tuple[str, ...]) -> tuple[str, ...]:
+    """Files tried for a row, in order: the name itself, then the name with each extension
+    (replacing its own extension when that is one of them)."""
+    stem, dot, ext = name.rpartition(".")
+    if dot and "/" not in ext and ext.lower() in extensions:
+        return (name,) + tuple(f"{stem}.{e}" for e in extensions if e != ext.lower())
+    return (name,) + tuple(f"{name}.{e}" for e in extensions)
+
+
+def worst_case_bytes(window_s: float, params: ClipParams) -> int:
+    """Upper bound of one sample's tar bytes: fbank of the window, raw-size frames, json, headers."""
+    fbank = (int(window_s * 100) + 2) * fmt.NUM_MEL_BINS * 2 + 256
+    frames = params.num_frames * (params.frame_size ** 2 * 3 + 2048)
+    return fbank + frames + 8192 + 1024 * (params.num_frames + 2)
+
+
+def unique_keys(source_ids: list[str], starts: list[float | None]) -> list[str]:
+    """sample_key of each row; later duplicates get -1, -2, ... (deterministic, in row order)."""
+    keys = [fmt.sample_key(s, t) for s, t in zip(source_ids, starts)]
+    taken = set(keys)
+    seen: set[str] = set()
+    out = []
+    for key in keys:
+        if key in seen:
+            n = 1
+            while f"{key}-{n}" in taken:
+                n += 1
+            key = f"{key}-{n}"
+            taken.add(key)
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanParams,
+               clip_params: ClipParams, params_hash: str) -> Plan:
+    unknown = sorted({label for labels in manifest.labels for label in vocabulary.unknown(labels)})
+    if unknown:
+        raise ManifestError(f"{len(unknown)} label(s) of the manifest are not in {vocabulary.source}"
+                            f" (e.g. {', '.join(unknown[:5])}); pass the matching --labels file")
+    if len(manifest) == 0:
+        raise ManifestError("the manifest has no rows (check --manifest, --select-split, --videos)")
+    ends = [end if end is not None or plan_params.clip_seconds is None
+            else (start or 0.0) + plan_params.clip_seconds
+            for start, end in zip(manifest.starts, manifest.ends)]
+    names = [path or render_template(plan_params.template, source, start, end)
+             for source, path, start, end in zip(manifest.source_ids, manifest.paths,
+                                                 manifest.starts, ends)]
+    shards, shard, count, size = [], 0, 0, 0
+    for start, end in zip(manifest.starts, ends):
+        window = clip_params.max_window_seconds if end is None else \
+            min(end - (start or 0.0), clip_params.max_window_seconds)
+        cost = worst_case_bytes(max(window, 0.0), clip_params)
+        if count and (count >= plan_params.samples_per_shard
+                      or size + cost > plan_params.max_shard_bytes):
+            shard, count, size = shard + 1, 0, 0
+        shards.append(shard)
+        count, size = count + 1, size + cost
+    table = pa.table({
+        "row": pa.array(range(len(manifest)), pa.int64()),
+        "key": pa.array(unique_keys(manifest.source_ids, manifest.starts), pa.string()),
+        "source_id": pa.array(manifest.source_ids, pa.string()),
+        "path": pa.array(names, pa.string()),
+        "start": pa.array(manifest.starts, pa.float64()),
+        "end": pa.array(ends, pa.float64()),
+        "labels": pa.array(manifest.labels, pa.list_(pa.string())),
+        "label_indices": pa.array([vocabulary.indices(labels) for labels in manifest.labels],
+                                  pa.list_(pa.int32())),
+        "shard": pa.array(shards, pa.int32()),
+        "split": pa.array([plan_params.split] * len(manifest), pa.string()),
+    })
+    meta = {"plan_hash": table_hash(table), "params_hash": params_hash,
+            "plan_params": _jsonable(asdict(plan_params)),
+            "clip_params": _jsonable(clip_params.as_dict()),
+            "manifest_kind": manifest.kind, "num_rows": len(manifest),
+            "num_shards": shards[-1] + 1, "vocabulary": vocabulary.as_dict(),
+            "format_version": fmt.FORMAT_VERSION}
+    return Plan(table, meta)
+
+
+def table_hash(table: pa.Table) -> str:
+    """Hash of the table's Arrow IPC bytes (same rows and types, same bytes)."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table.combine_chunks())
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:16]
+
+
+def write_plan(plan: Plan, out_dir: Path) -> Path:
+    """Write manifest.parquet atomically (temp name, fsync, rename)."""
+    target = out_dir / fmt.MANIFEST_NAME
+    temp = out_dir / f"{fmt.MANIFEST_NAME}.tmp-{os.getpid()}"
+    table = plan.table.replace_schema_metadata({_META_KEY: json.dumps(plan.meta).encode()})
+    pq.write_table(table, temp)
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, target)
+    return target
+
+
+def read_plan(out_dir: Path) -> Plan:
+    table = pq.read_table(out_dir / fmt.MANIFEST_NAME)
+    meta = json.loads((table.schema.metadata or {}).get(_META_KEY, b"{}"))
+    if "plan_hash" not in meta:
+        raise PlanMismatch(f"{out_dir / fmt.MANIFEST_NAME} is not an avsiam plan")
+    return Plan(table.replace_schema_metadata(None), meta)
+
+
+def load_or_write(plan: Plan, out_dir: Path) -> Plan:
+    """Store `plan` in out_dir, or check it equals the stored one."""
+    if not (out_dir / fmt.MANIFEST_NAME).exists():
+        write_plan(plan, out_dir)
+        return plan
+    stored = read_plan(out_dir)
+    where = out_dir / fmt.MANIFEST_NAME
+    if stored.meta["plan_hash"] != plan.meta["plan_hash"]:
+        raise PlanMismatch(
+            f"{where} was made from another manifest or plan parameters (rows "
+            f"{stored.meta['num_rows']} vs {plan.meta['num_rows']}, plan params "
+            f"{_diff(stored.meta['plan_params'], plan.meta['plan_params'])}); use a new --out, "
+            f"or delete {where} and the shards to start over")
+    if stored.meta["params_hash"] != plan.meta["params_hash"]:
+        raise PlanMismatch(
+            f"{where} was made with other output parameters "
+            f"({_diff(stored.meta['clip_params'], plan.meta['clip_params'])}); use a new --out or "
+            f"the same parameters")
+    return plan
+
+
+def _jsonable(values: dict) -> dict:
+    return json.loads(json.dumps(values))
+
+
+def _diff(old: dict, new: dict) -> str:
+    changed = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+               if old.get(k) != new.get(k)]
+    return "; ".join(changed) or "same values"
+

@@ -1,0 +1,113 @@
+"""`avsiam shard`: decode clips once and write WebDataset shards (see README "Sharding")."""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+
+from pipeline.manifest import KINDS
+from pipeline.params import ClipParams, MediaLimits
+from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
+from shards import format as fmt
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    inputs = parser.add_argument_group("inputs")
+    inputs.add_argument("--manifest", help="AudioSet segments CSV, VGGSound CSV, or a CSV/Parquet "
+                        "with id or path, start, end, labels; omit to take every file in --videos")
+    inputs.add_argument("--manifest-format", choices=KINDS, default="auto")
+    inputs.add_argument("--labels", help="class_labels_indices.csv (or one label per line); "
+                        "default: the sorted labels of the manifest")
+    inputs.add_argument("--videos", required=True, help="folder of media files")
+    inputs.add_argument("--template", default="{ytid}",
+                        help="file name under --videos: {ytid} {id} {start} {end} {start_ms} "
+                        "{end_ms}, e.g. '{ytid}_{start:06d}.mp4'")
+    inputs.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
+                        help="extensions tried in order")
+    inputs.add_argument("--select-split", help="keep only rows of this manifest split "
+                        "(VGGSound: train or test)")
+    inputs.add_argument("--clip-seconds", type=float,
+                        help="window length for rows without an end (default: whole file)")
+
+    output = parser.add_argument_group("output")
+    output.add_argument("--out", required=True, help="output folder (one per split)")
+    output.add_argument("--split", default="train", help="split name in shard file names")
+    output.add_argument("--samples-per-shard", type=int, default=1000)
+    output.add_argument("--max-shard-bytes", type=int, default=2 << 30,
+                        help="hard cap per tar, planned with worst-case sample sizes")
+    output.add_argument("--num-frames", type=int, default=fmt.DEFAULT_NUM_FRAMES)
+    output.add_argument("--frame-size", type=int, default=fmt.DEFAULT_FRAME_SIZE)
+    output.add_argument("--jpeg-quality", type=int, default=90)
+    output.add_argument("--keep-single-modality", action="store_true",
+                        help="keep audio-only / video-only clips (recorded per sample)")
+
+    limits = parser.add_argument_group("limits (bad input)")
+    defaults_clip, defaults_media = ClipParams(), MediaLimits()
+    limits.add_argument("--max-window-seconds", type=float,
+                        default=defaults_clip.max_window_seconds)
+    limits.add_argument("--max-pixels", type=int, default=defaults_clip.max_pixels)
+    limits.add_argument("--max-source-hours", type=float,
+                        default=defaults_clip.max_source_seconds / 3600)
+    limits.add_argument("--probe-timeout", type=float, default=defaults_media.probe_timeout_s)
+    limits.add_argument("--decode-timeout", type=float, default=defaults_media.decode_timeout_s)
+    limits.add_argument("--ffmpeg-threads", type=int, default=defaults_media.ffmpeg_threads)
+    limits.add_argument("--ffmpeg-memory-mb", type=int, default=defaults_media.ffmpeg_memory_mb)
+
+    run = parser.add_argument_group("running")
+    run.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    run.add_argument("--task-index", type=int, help="this task's index in a SLURM array "
+                     "(default: $SLURM_ARRAY_TASK_ID)")
+    run.add_argument("--num-tasks", type=int, help="tasks in the array "
+                     "(default: $SLURM_ARRAY_TASK_COUNT)")
+    run.add_argument("--retry-failed", action="store_true",
+                     help="re-decode the failed rows of committed shards")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def config_from_args(args: argparse.Namespace):
+    from pipeline.config import ShardConfig
+    from pipeline.workers import default_workers
+
+    plan = PlanParams(split=args.split, samples_per_shard=args.samples_per_shard,
+                      max_shard_bytes=args.max_shard_bytes, template=args.template,
+                      extensions=tuple(args.extensions.split(",")),
+                      clip_seconds=args.clip_seconds)
+    clip = ClipParams(num_frames=args.num_frames, frame_size=args.frame_size,
+                      jpeg_quality=args.jpeg_quality,
+                      keep_single_modality=args.keep_single_modality,
+                      max_window_seconds=args.max_window_seconds, max_pixels=args.max_pixels,
+                      max_source_seconds=args.max_source_hours * 3600)
+    limits = MediaLimits(probe_timeout_s=args.probe_timeout, decode_timeout_s=args.decode_timeout,
+                         ffmpeg_threads=args.ffmpeg_threads,
+                         ffmpeg_memory_mb=args.ffmpeg_memory_mb)
+    return ShardConfig(out=args.out, videos=args.videos, manifest=args.manifest,
+                       manifest_format=args.manifest_format, labels=args.labels,
+                       select_split=args.select_split, plan=plan, clip=clip, limits=limits,
+                       workers=args.workers or default_workers(), task_index=args.task_index,
+                       num_tasks=args.num_tasks, retry_failed=args.retry_failed,
+                       progress=not args.no_progress)
+
+
+def main(args: argparse.Namespace) -> int:
+    from pipeline.config import ConfigError
+    from pipeline.labels import LabelsError
+    from pipeline.manifest import ManifestError
+    from pipeline.params import ParamsError
+    from pipeline.plan import PlanMismatch
+    from pipeline.runner import run
+
+    missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
+    if missing:
+        print(f"avsiam shard: {' and '.join(missing)} not found on PATH; install ffmpeg "
+              f"(Debian: apt-get install ffmpeg)", file=sys.stderr)
+        return 2
+    try:
+        summary = run(config_from_args(args))
+    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch) as exc:
+        print(f"avsiam shard: {exc}", file=sys.stderr)
+        return 2
+    done = "all shards committed, dataset.json written" if summary.dataset_json else \
+        "other shards still to do (other tasks, or re-run)"
+    print(f"avsiam shard: {summary.shards_written} shard(s) written, {summary.shards_skipped} "
+          f"already committed; {summary.ok} ok, {summary.failed} failed rows this run; {done}")
+    return 0

@@ -1,0 +1,242 @@
+"""A pool of clip workers that survives its workers: one task per worker at a time.
+
+Unlike a generic process pool, the parent always knows which row each worker holds, so a worker
+that dies (a crash in native code, the OOM killer, os._exit) or runs past the task time limit is
+killed and replaced, and exactly its row is reported as failed; every other row goes on. Workers
+are recycled after `recycle_after` tasks to contain leaks. Workers start from a forkserver that has
+torch preloaded, so a replacement costs milliseconds.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+
+from pipeline import errors
+from pipeline.clip import ClipContext, ClipResult, ClipTask, process_clip, warm_up
+
+_PRELOAD = ["pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
+
+
+@dataclass(frozen=True)
+class WorkerFailure:
+    """A task whose worker died or timed out; `reason` is stored in the row's record."""
+
+    reason: str
+
+
+@dataclass
+class MemoryPeaks:
+    """Peak resident memory seen in this run, in KiB (for metrics, never for shard bytes)."""
+
+    worker_base_kb: int = 0     # a worker after loading torch, before its first clip
+    worker_peak_kb: int = 0     # highest VmHWM of any worker
+    ffmpeg_peak_kb: int = 0     # highest VmHWM of any ffmpeg child
+
+    def as_dict(self) -> dict:
+        return {"worker_base_kb": self.worker_base_kb, "worker_peak_kb": self.worker_peak_kb,
+                "ffmpeg_peak_kb": self.ffmpeg_peak_kb}
+
+
+def _own_hwm_kb() -> int:
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def _worker_main(conn: Connection, context: ClipContext) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    warm_up()
+    conn.send(("ready", _own_hwm_kb()))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        tag, task = message
+        result = process_clip(task, context)
+        try:
+            conn.send(("result", tag, result, _own_hwm_kb()))
+        except (BrokenPipeError, OSError):
+            return
+
+
+@dataclass
+class _Worker:
+    process: mp.Process
+    conn: Connection
+    tag: object = None
+    task: ClipTask | None = None
+    started: float = 0.0
+    done: int = 0
+    ready: bool = False
+
+
+@dataclass
+class WorkerPool:
+    """`submit` a task to an idle worker, `wait` for finished tasks; use as a context manager."""
+
+    num_workers: int
+    context: ClipContext
+    task_timeout_s: float
+    recycle_after: int = 1000
+    peaks: MemoryPeaks = field(default_factory=MemoryPeaks)
+
+    def __post_init__(self) -> None:
+        self._mp = mp.get_context("forkserver")
+        self._mp.set_forkserver_preload(_PRELOAD)
+        self._workers: list[_Worker] = []
+        self._done: list[tuple[object, ClipResult | WorkerFailure]] = []
+
+    def __enter__(self) -> "WorkerPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close(kill=exc[0] is not None)
+
+    # --- public -------------------------------------------------------------------------------
+    def idle(self) -> int:
+        busy = sum(w.task is not None for w in self._workers)
+        return self.num_workers - busy
+
+    def in_flight(self) -> int:
+        return sum(w.task is not None for w in self._workers)
+
+    def submit(self, tag: object, task: ClipTask) -> None:
+        worker = next((w for w in self._workers if w.task is None), None)
+        if worker is None:
+            if len(self._workers) >= self.num_workers:
+                raise RuntimeError("submit() without an idle worker")
+            worker = self._start()
+        worker.conn.send((tag, task))
+        worker.tag, worker.task, worker.started = tag, task, time.monotonic()
+
+    def wait(self, timeout: float) -> list[tuple[object, ClipResult | WorkerFailure]]:
+        """Finished tasks (results or failures), waiting up to `timeout` seconds for one."""
+        busy = [w for w in self._workers if w.task is not None]
+        if busy and not self._done:
+            deadline = min(w.started for w in busy) + self.task_timeout_s
+            limit = max(0.0, min(timeout, deadline - time.monotonic()))
+            handles = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
+            ready = set(wait(handles, limit))
+            for worker in list(self._workers):
+                if worker.conn in ready:
+                    self._receive(worker)
+                if worker.process.sentinel in ready and worker in self._workers:
+                    self._bury(worker)
+            self._expire()
+        done, self._done = self._done, []
+        return done
+
+    def close(self, kill: bool = False) -> None:
+        for worker in self._workers:
+            try:
+                if kill:
+                    worker.process.kill()
+                else:
+                    worker.conn.send(None)
+            except (OSError, ValueError):
+                pass
+        for worker in self._workers:
+            worker.process.join(timeout=None if not kill else 10)
+            worker.conn.close()
+        self._workers.clear()
+
+    # --- internals ----------------------------------------------------------------------------
+    def _start(self) -> _Worker:
+        parent, child = self._mp.Pipe(duplex=True)
+        process = self._mp.Process(target=_worker_main, args=(child, self.context), daemon=True)
+        process.start()
+        child.close()
+        worker = _Worker(process, parent)
+        self._workers.append(worker)
+        return worker
+
+    def _receive(self, worker: _Worker) -> None:
+        while True:
+            try:
+                if not worker.conn.poll():
+                    return
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                return
+            if message[0] == "ready":
+                worker.ready = True
+                self.peaks.worker_base_kb = max(self.peaks.worker_base_kb, message[1])
+                continue
+            _, tag, result, hwm_kb = message
+            self.peaks.worker_peak_kb = max(self.peaks.worker_peak_kb, hwm_kb)
+            self.peaks.ffmpeg_peak_kb = max(self.peaks.ffmpeg_peak_kb, result.ffmpeg_max_rss_kb)
+            self._done.append((tag, result))
+            worker.tag, worker.task = None, None
+            worker.done += 1
+            if worker.done >= self.recycle_after:
+                self._retire(worker)
+                return
+
+    def _retire(self, worker: _Worker) -> None:
+        try:
+            worker.conn.send(None)
+        except OSError:
+            pass
+        worker.process.join(timeout=30)
+        if worker.process.is_alive():
+            worker.process.kill()
+            worker.process.join()
+        self._remove(worker)
+
+    def _bury(self, worker: _Worker) -> None:
+        """A worker process ended on its own: report its task (if any) and forget it."""
+        self._receive(worker)
+        worker.process.join()
+        if worker.task is not None:
+            self._done.append((worker.tag, WorkerFailure(
+                f"{errors.WORKER_DIED}: worker process {_exit_text(worker.process.exitcode)} "
+                f"while making this sample; the worker was replaced")))
+        self._remove(worker)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for worker in list(self._workers):
+            if worker.task is not None and now - worker.started > self.task_timeout_s:
+                worker.process.kill()
+                worker.process.join()
+                self._done.append((worker.tag, WorkerFailure(
+                    f"{errors.WORKER_TIMEOUT}: no result within {self.task_timeout_s:g} s; the "
+                    f"worker was killed and replaced")))
+                self._remove(worker)
+
+    def _remove(self, worker: _Worker) -> None:
+        worker.conn.close()
+        self._workers.remove(worker)
+
+
+def _exit_text(code: int | None) -> str:
+    if code is None:
+        return "ended"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (out of memory?)" if -code == signal.SIGKILL else ""
+        return f"was killed by {name}{hint}"
+    return f"exited with code {code}"
+
+
+def default_workers() -> int:
+    """Cores this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1

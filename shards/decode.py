@@ -1,0 +1,94 @@
+"""Safe decoding of the three member types, and nothing else.
+
+- KEY.fbank.npy: `np.load(allow_pickle=False)` of an .npy header; object arrays are refused by numpy
+  before any unpickling, so no code in a shard can run. Must be float16/float32 [T>0, 128], finite.
+- KEY.fN.jpg: JPEG magic checked, then decoded by torchvision's JPEG decoder only (RGB, uint8).
+- KEY.json: at most 64 KiB, `json.loads`, must be an object; label indices must be integers.
+Every failure raises `BadSample(reason, message)`; the stream counts it and moves on.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import torch
+from torchvision.io import ImageReadMode, decode_jpeg
+from torchvision.transforms.v2.functional import InterpolationMode, resize
+
+from .errors import BadSample
+from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX, NUM_MEL_BINS, frame_suffix
+
+NPY_MAGIC = b"\x93NUMPY"
+JPEG_MAGIC = b"\xff\xd8\xff"
+MAX_META_BYTES = 1 << 16
+FBANK_DTYPES = (np.dtype("float16"), np.dtype("float32"))
+
+
+def decode_fbank(data: bytes) -> np.ndarray:
+    """The raw log-mel fbank [T, 128] as stored (float16 or float32)."""
+    if not isinstance(data, bytes) or not data.startswith(NPY_MAGIC):
+        raise BadSample("corrupt_npy", f"{FBANK_SUFFIX} is not an .npy array")
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise BadSample("corrupt_npy", f"{FBANK_SUFFIX} does not load without pickle: {e}") from None
+    if arr.dtype not in FBANK_DTYPES:
+        raise BadSample("bad_dtype", f"{FBANK_SUFFIX} has dtype {arr.dtype}, expected float16")
+    if arr.ndim != 2 or arr.shape[1] != NUM_MEL_BINS or arr.shape[0] == 0:
+        raise BadSample("bad_shape", f"{FBANK_SUFFIX} has shape {arr.shape}, expected [T>0, {NUM_MEL_BINS}]")
+    if not np.isfinite(arr).all():
+        raise BadSample("nonfinite", f"{FBANK_SUFFIX} holds NaN or inf values")
+    return arr
+
+
+def decode_frame(data: bytes, size: int) -> torch.Tensor:
+    """One JPEG frame as uint8 [3, size, size] (bicubic-resized if stored at another size)."""
+    if not isinstance(data, bytes) or not data.startswith(JPEG_MAGIC):
+        raise BadSample("corrupt_jpg", "frame is not a JPEG")
+    try:
+        img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    except RuntimeError as e:
+        raise BadSample("corrupt_jpg", f"JPEG does not decode: {e}") from None
+    if img.ndim != 3 or img.shape[0] != 3 or min(img.shape[1:]) < 1:
+        raise BadSample("bad_shape", f"frame has shape {tuple(img.shape)}")
+    if img.shape[1] != size or img.shape[2] != size:
+        img = resize(img, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
+    return img
+
+
+def decode_meta(data: bytes) -> dict:
+    """The sample's metadata object."""
+    if not isinstance(data, bytes) or len(data) > MAX_META_BYTES:
+        raise BadSample("corrupt_json", f"{META_SUFFIX} is missing or larger than {MAX_META_BYTES} bytes")
+    try:
+        meta = json.loads(data)
+    except ValueError as e:
+        raise BadSample("corrupt_json", f"{META_SUFFIX} is not valid JSON: {e}") from None
+    if not isinstance(meta, dict):
+        raise BadSample("corrupt_json", f"{META_SUFFIX} is not a JSON object")
+    labels = meta.get("label_indices", [])
+    if labels is None:
+        labels = []
+    if not isinstance(labels, list) or not all(isinstance(i, int) and not isinstance(i, bool)
+                                               for i in labels):
+        raise BadSample("bad_label", f"label_indices {labels!r} is not a list of integers")
+    return meta
+
+
+def frame_count(sample: dict) -> int:
+    """N of the raw sample's contiguous frames f0..f{N-1}."""
+    indices = sorted(int(m.group("i")) for k in sample if isinstance(k, str)
+                     and (m := FRAME_SUFFIX_RE.match(k)))
+    if not indices or indices != list(range(len(indices))):
+        raise BadSample("missing_member", f"frames {indices} are not f0..f{len(indices) - 1}")
+    return len(indices)
+
+
+def require_members(sample: dict) -> None:
+    """The raw sample has the members every mode needs and no duplicate member."""
+    if sample.get("__duplicate__"):
+        raise BadSample("duplicate_member", f"member .{sample['__duplicate__']} appears twice")
+    for suffix in (FBANK_SUFFIX, frame_suffix(0), META_SUFFIX):
+        if suffix not in sample:
+            raise BadSample("missing_member", f"member .{suffix} is missing")

@@ -1,0 +1,116 @@
+"""Raw samples from tar shards: bytes grouped by key, nothing decoded.
+
+Reading uses plain webdataset (`tar_file_iterator`); opening is ours: local paths with `open()`,
+`pipe:` commands (already allowed by `sources.check_url`) with webdataset's `Pipe`. Only the members
+the format defines are kept (KEY.fbank.npy, KEY.fN.jpg, KEY.json); any other member, a `.pyd`,
+`.pickle` or `.pth` included, is skipped by name and its bytes are never kept, so nothing else can be
+decoded later.
+
+A raw sample is a dict {"__key__", "__url__", "__source__", "__nbytes__", suffix: bytes, ...}.
+An END_OF_PASS in the shard sequence becomes a {"__flush__": True} marker for the shuffle buffer.
+Shard-level failures (unreadable, truncated, fewer samples than its record says) become one error
+item {"__error__": reason, "__message__": ..., "__url__": ...} in the stream: it takes a position like
+a sample, so it is counted exactly once, at decode time, and replays identically on resume.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterator
+
+from webdataset.gopen import Pipe
+from webdataset.tariterators import base_plus_ext, reraise_exception, tar_file_iterator
+
+from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX
+from .shardlists import END_OF_PASS
+from .sources import ShardRef
+
+FIRST_FRAME = "f0.jpg"
+
+
+def is_format_member(fname: str) -> bool:
+    """True for the member names the format defines; everything else is never read."""
+    _, suffix = base_plus_ext(fname)
+    return suffix is not None and (suffix in (FBANK_SUFFIX, META_SUFFIX)
+                                   or FRAME_SUFFIX_RE.match(suffix) is not None)
+
+
+def open_shard(url: str):
+    """A readable binary stream: a local file, or the stdout of an allowed pipe: command."""
+    if url.startswith("pipe:"):
+        return Pipe(url[5:], mode="rb", shell=True, bufsize=1 << 16, ignore_status=[141])
+    return open(url, "rb", buffering=1 << 20)
+
+
+def has_both_modalities(sample: dict) -> bool:
+    return FBANK_SUFFIX in sample and FIRST_FRAME in sample
+
+
+def read_shard(shard: ShardRef) -> Iterator[dict]:
+    """Raw samples of one shard in tar order, then an error item if the shard was damaged."""
+    current: dict | None = None
+    usable = 0
+    error = None
+    stream = None
+    try:
+        stream = open_shard(shard.url)
+        for member in tar_file_iterator(stream, handler=reraise_exception,
+                                        select_files=is_format_member):
+            key, suffix = base_plus_ext(member["fname"])
+            if current is None or key != current["__key__"]:
+                if current is not None:
+                    usable += has_both_modalities(current)
+                    yield current
+                current = {"__key__": key, "__url__": shard.url, "__source__": shard.source,
+                           "__nbytes__": 0}
+            if suffix in current:
+                current["__duplicate__"] = suffix
+            current[suffix] = member["data"]
+            current["__nbytes__"] += len(member["data"])
+    except Exception as e:  # noqa: BLE001 - any read failure of a shard is a counted, logged skip
+        error = ("unreadable_shard", f"{type(e).__name__}: {e}")
+    finally:
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception as e:  # noqa: BLE001 - a failing pipe command shows here
+                error = error or ("unreadable_shard", f"closing: {type(e).__name__}: {e}")
+    if current is not None:
+        usable += has_both_modalities(current)
+        yield current
+    if error is None and shard.samples is not None and usable < shard.samples:
+        error = ("short_shard", f"read {usable} of the {shard.samples} samples its record lists")
+    if error is not None:
+        yield {"__error__": error[0], "__message__": error[1], "__url__": shard.url,
+               "__key__": None, "__source__": shard.source, "__nbytes__": 0}
+
+
+def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None) -> Iterator[dict]:
+    """Raw samples of a sequence of shards, in order.
+
+    An endless shard sequence in which `give_up_after` shards in a row hold no usable sample would
+    spin forever; it stops with an error naming the last shard instead.
+    """
+    empty_run = 0
+    for shard in shards:
+        if shard == END_OF_PASS:
+            yield {"__flush__": True, "__nbytes__": 0}
+            continue
+        usable = 0
+        for sample in read_shard(shard):
+            usable += "__error__" not in sample and has_both_modalities(sample)
+            yield sample
+        empty_run = 0 if usable else empty_run + 1
+        if give_up_after is not None and empty_run >= give_up_after:
+            raise RuntimeError(
+                f"no usable sample (audio and frames) in {empty_run} shards in a row, the last "
+                f"{shard.url}; check the shards with `avsiam verify` or pass other urls")
+
+
+_KEY_SAFE = re.compile(r"^[A-Za-z0-9_/-]+$")
+
+
+def describe(sample: dict) -> str:
+    """`url:key` for messages (the key only if it is printable)."""
+    key = sample.get("__key__")
+    key = key if isinstance(key, str) and _KEY_SAFE.match(key) else repr(key)
+    return f"{sample.get('__url__')}:{key}"

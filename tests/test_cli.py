@@ -1,0 +1,43 @@
+"""The `avsiam` entry point: one command, a subcommand per job, a useful --help."""
+import subprocess
+import sys
+from pathlib import Path
+
+from cluster.cli import COMMANDS, available_commands, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _avsiam(*argv, **kw):
+    return subprocess.run([sys.executable, "-m", "cluster.cli", *argv], cwd=REPO,
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+def test_help_lists_every_available_command_without_loading_torch():
+    code = ("import sys; from cluster.cli import main; main(['--help']); "
+            "print('TORCH_LOADED' if 'torch' in sys.modules else 'TORCH_NOT_LOADED')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    for name in available_commands():
+        assert f"  {name} " in proc.stdout
+    assert "TORCH_NOT_LOADED" in proc.stdout
+
+
+def test_unknown_command_is_a_clear_error(capsys):
+    assert main(["no-such-job"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown command 'no-such-job'" in err and "choose from:" in err
+
+
+def test_every_available_command_has_its_own_help():
+    for name in available_commands():
+        proc = _avsiam(name, "--help")
+        assert proc.returncode == 0, f"avsiam {name} --help failed:\n{proc.stderr}"
+        assert f"avsiam {name}" in proc.stdout
+
+
+def test_registry_names_modules_of_the_four_packages():
+    for name, (module, help_text) in COMMANDS.items():
+        assert module.split(".")[0] in {"pipeline", "shards", "trainer", "cluster"}, name
+        assert help_text and not help_text.endswith(".")

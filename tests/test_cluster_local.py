@@ -1,0 +1,112 @@
+"""The local SLURM cluster itself: it starts, runs a 2-node job, and stops without a trace."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cluster.local import LocalSlurmCluster, SlurmUnavailable, render_slurm_conf, why_unavailable
+from cluster.local.slurm_conf import LocalClusterConfig, parse_slurm_conf
+from tests.slurm_fixtures import REPO, slurm_cluster, wait_for_jobs  # noqa: F401
+
+pytestmark = pytest.mark.slurm
+
+
+def test_slurm_conf_puts_every_path_and_port_in_the_cluster_folder(tmp_path):
+    cfg = LocalClusterConfig(root=tmp_path, ctld_port=41000, node_ports=(41001, 41002),
+                             hostname="box", cpus_per_node=2)
+    text = render_slurm_conf(cfg)
+    assert "SlurmctldPort=41000" in text
+    assert "NodeName=node1 NodeHostname=box NodeAddr=127.0.0.1 Port=41001 CPUs=2" in text
+    assert "NodeName=node2 NodeHostname=box NodeAddr=127.0.0.1 Port=41002 CPUs=2" in text
+    assert f"AuthInfo=socket={tmp_path}/munge/munge.socket,cred_expire=5" in text
+    for line in text.splitlines():
+        for word in line.replace("=", " ").replace(",", " ").split():
+            if word.startswith("/"):
+                assert word.startswith(str(tmp_path)), line
+    (tmp_path / "slurm.conf").write_text(text)
+    back = parse_slurm_conf(tmp_path)
+    assert (back.ctld_port, back.node_ports, back.requeue_delay_s) == (41000, (41001, 41002), 5)
+    with pytest.raises(ValueError, match="ports must differ"):
+        LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(1, 2))
+
+
+def test_unavailable_cluster_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert "needs root" in why_unavailable()
+    with pytest.raises(SlurmUnavailable, match="needs root"):
+        LocalSlurmCluster(nodes=1).start()
+
+
+def _pids(cluster: LocalSlurmCluster) -> dict[str, int]:
+    return cluster._running_pids()
+
+
+def test_start_then_stop_leaves_no_daemon_and_no_folder():
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with LocalSlurmCluster(nodes=2) as cluster:
+        root = cluster.config.root
+        pids = _pids(cluster)
+        assert set(pids) == {"munged", "slurmctld", "node1", "node2"}
+        assert cluster.node_states() == {"node1": "idle", "node2": "idle"}
+    for name, pid in pids.items():
+        assert not Path(f"/proc/{pid}").exists() or \
+            Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z", f"{name} still runs"
+    assert not root.exists()
+
+
+def test_a_running_cluster_can_be_stopped_from_its_folder():
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalSlurmCluster(nodes=1).start()
+    pids = _pids(cluster)
+    # as `python -m cluster.local stop --dir ROOT` does, from another process
+    attached = LocalSlurmCluster.attach(cluster.config.root)
+    assert attached._running_pids() == pids
+    attached.stop()
+    assert attached._running_pids() == {}
+    cluster.stop()  # idempotent
+    assert not cluster.config.root.exists()
+
+
+def test_a_folder_munged_cannot_use_is_a_clear_reason(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    cluster = LocalSlurmCluster(nodes=1, root=private / "cluster")
+    if why_unavailable():
+        pytest.skip(why_unavailable())
+    with pytest.raises(SlurmUnavailable, match=f"{private} is not"):
+        cluster.start()
+
+
+ENV_PROBE = ("import json, os, socket; from trainer.engine.distributed import detect_env; "
+             "e = detect_env(); print(json.dumps({'rank': e.rank, 'world': e.world_size, "
+             "'local': e.local_rank, 'launcher': e.launcher, "
+             "'node': os.environ['SLURMD_NODENAME'], 'job': os.environ['SLURM_JOB_ID']}))")
+
+
+def test_two_node_job_maps_slurm_tasks_to_ranks(slurm_cluster, tmp_path):
+    """One task per node: SLURM_PROCID/SLURM_NTASKS/SLURM_LOCALID become rank/world/local rank."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(ENV_PROBE)
+    out = tmp_path / "job.out"
+    env = slurm_cluster.env({**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.run(
+        ["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", f"--output={out}",
+         f"--wrap=srun --kill-on-bad-exit=1 {sys.executable} {probe}"],
+        env=env, capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip()
+    [record] = wait_for_jobs(slurm_cluster, job_id, timeout=90, log=out)
+    assert record["JobState"] == "COMPLETED", out.read_text()
+    lines = sorted((json.loads(line) for line in out.read_text().splitlines()
+                    if line.startswith("{")), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world"], r["local"], r["launcher"]) for r in lines] == [
+        (0, 2, 0, "slurm"), (1, 2, 0, "slurm")]
+    assert sorted(r["node"] for r in lines) == ["node1", "node2"]
+    assert {r["job"] for r in lines} == {job_id}

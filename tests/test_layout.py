@@ -1,0 +1,43 @@
+"""Data flows one way (pipeline -> shards -> trainer) and libraries never import apps."""
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def _violations(package: str, forbidden: tuple[str, ...]) -> list[str]:
+    found = []
+    for path in sorted((REPO / package).rglob("*.py")):
+        for name in _imports(path):
+            if any(name == f or name.startswith(f + ".") for f in forbidden):
+                found.append(f"{path.relative_to(REPO)} imports {name}")
+    return found
+
+
+def test_shards_library_imports_no_stage_or_app():
+    assert _violations("shards", ("pipeline", "trainer", "cluster")) == []
+
+
+def test_pipeline_does_not_import_trainer_or_cluster():
+    assert _violations("pipeline", ("trainer", "cluster")) == []
+
+
+def test_trainer_does_not_import_pipeline_or_cluster():
+    assert _violations("trainer", ("pipeline", "cluster")) == []
+
+
+def test_required_layout_exists():
+    for name in ("pipeline", "shards", "trainer", "cluster", "tests", "bench", "requirements.txt",
+                 "pyproject.toml", "Makefile", "README.md", "BENCHMARKS.md", ".ci/run"):
+        assert (REPO / name).exists(), name

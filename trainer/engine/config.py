@@ -1,0 +1,316 @@
+"""`PretrainConfig`: the one typed configuration of a pretraining run, read from YAML plus overrides.
+
+A run is described by a tree of small component configs (model, data, objective, optim, deepspeed,
+checkpoint, run fields); every field is documented here and validated in `__post_init__`. Presets
+are YAML files in `trainer/configs/` (`tiny_cpu`, `avsiam_base`, `avsiam_large`, `avsiam_huge`);
+`key=value` overrides use dotted paths (`optim.lr=3e-4`, `deepspeed.zero_stage=3`) and YAML values.
+The DeepSpeed config is derived from this one (`deepspeed_config.py`), never written by hand.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainer.model.config import AVSiamConfig
+
+PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
+PRECISIONS = ("bf16", "fp16", "fp32")
+SCHEDULES = ("cosine", "multistep", "constant")
+OBJECTIVE_SCHEDULES = ("sum", "alternate")
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Where batches come from (`shards.loader.make_loader`)."""
+
+    train: str = ""                 # shard URLs: a brace pattern, a folder of shards or a list
+    batch_size: int = 8             # samples per rank per micro-batch = the rank's contrastive batch
+    num_workers: int = 2            # loader worker processes per rank
+    options: dict[str, Any] = field(default_factory=dict)  # further make_loader options (LoaderConfig)
+
+    def __post_init__(self) -> None:
+        _positive("data.batch_size", self.batch_size)
+        if self.num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode"} & set(self.options)
+        if reserved:
+            raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
+                             "(use data.batch_size, data.num_workers, seed)")
+
+
+@dataclass(kw_only=True)
+class ObjectiveConfig:
+    """The two pretraining losses and how a step computes them."""
+
+    mask_ratios: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # multi-ratio groups (contrastive)
+    audio_structured: bool = True   # time+frequency structured audio masking (official "tf")
+    packed: bool = False            # all mask groups in one encoder pass (attention masks)
+    reconstruction_ratio: float = 0.75
+    norm_pix_loss: bool = False     # per-patch target normalisation (off in the released code)
+    contrastive_weight: float = 1.0
+    reconstruction_weight: float = 1.0
+    temperature: float = 0.05
+    learnable_temperature: bool = False
+    # sum: one summed loss, one optimizer step per batch (default). alternate: the official loop, a
+    # contrastive optimizer step then a reconstruction step on the same batch (one shared Adam state).
+    schedule: str = "sum"
+    # Gradient caching: embed the rank's batch in chunks of this many samples without activations,
+    # then re-run each chunk with gradients. None = the whole micro-batch in one pass.
+    contrastive_chunk: int | None = None
+    # Chunk of the reconstruction pass (its loss is a mean over samples, so chunks just add up).
+    # None = same as contrastive_chunk.
+    reconstruction_chunk: int | None = None
+
+    def __post_init__(self) -> None:
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+        if not self.mask_ratios or any(not 0.0 <= r < 1.0 for r in self.mask_ratios):
+            raise ValueError(f"objective.mask_ratios must be a non-empty list in [0, 1), got {self.mask_ratios}")
+        if not 0.0 < self.reconstruction_ratio < 1.0:
+            raise ValueError(f"objective.reconstruction_ratio must be in (0, 1), got {self.reconstruction_ratio}")
+        if self.contrastive_weight < 0 or self.reconstruction_weight < 0 or \
+                self.contrastive_weight + self.reconstruction_weight == 0:
+            raise ValueError("objective loss weights must be >= 0 and not both 0")
+        _positive("objective.temperature", self.temperature)
+        _choice("objective.schedule", self.schedule, OBJECTIVE_SCHEDULES)
+        for name in ("contrastive_chunk", "reconstruction_chunk"):
+            value = getattr(self, name)
+            if value is not None:
+                _positive(f"objective.{name}", value)
+
+    @property
+    def uses_contrastive(self) -> bool:
+        return self.contrastive_weight > 0
+
+    @property
+    def uses_reconstruction(self) -> bool:
+        return self.reconstruction_weight > 0
+
+
+@dataclass(kw_only=True)
+class OptimConfig:
+    """Optimizer and learning-rate schedule (defaults: the official AVSiam pretraining)."""
+
+    name: str = "adam"              # adam (L2 weight decay, official) | adamw (decoupled)
+    lr: float = 1e-4                # peak lr (paper 1e-4; official script 2e-4)
+    betas: tuple[float, float] = (0.95, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 5e-7
+    schedule: str = "multistep"     # multistep (official) | cosine (after warm-up) | constant
+    warmup_steps: int = 0           # linear warm-up from 0 (all schedules)
+    min_lr_ratio: float = 0.0       # cosine floor, as a fraction of lr
+    milestones: tuple[float, ...] = (0.4, 0.6, 0.8)  # multistep: fractions of max_steps (10/15/20 of 25 epochs)
+    gamma: float = 0.5              # multistep factor at each milestone
+    grad_clip: float = 0.0          # max global grad norm; 0 = off
+
+    def __post_init__(self) -> None:
+        _choice("optim.name", self.name, ("adam", "adamw"))
+        _choice("optim.schedule", self.schedule, SCHEDULES)
+        self.betas = tuple(float(b) for b in self.betas)
+        self.milestones = tuple(float(m) for m in self.milestones)
+        _positive("optim.lr", self.lr)
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"optim.betas must be two numbers in [0, 1), got {self.betas}")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.warmup_steps < 0:
+            raise ValueError("optim.weight_decay, optim.grad_clip and optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0 or not 0.0 < self.gamma <= 1.0:
+            raise ValueError("optim.min_lr_ratio must be in [0, 1] and optim.gamma in (0, 1]")
+        if list(self.milestones) != sorted(self.milestones) or any(not 0 < m < 1 for m in self.milestones):
+            raise ValueError(f"optim.milestones must be increasing fractions in (0, 1), got {self.milestones}")
+
+
+@dataclass(kw_only=True)
+class DeepSpeedConfig:
+    """ZeRO, precision and wrapping policy; the DeepSpeed JSON config is derived from these."""
+
+    zero_stage: int = 2             # 1 | 2 | 3
+    precision: str = "bf16"         # bf16 | fp16 | fp32 (fp32 on CPU)
+    grad_checkpointing: bool = False  # non-reentrant activation checkpointing of the ViT blocks
+    gradient_accumulation: int = 1  # micro-batches per optimizer step (each its own contrastive batch)
+    overlap_comm: bool | None = None  # None: on for CUDA, off for CPU
+    reduce_bucket_size: int = 200_000_000
+    allgather_bucket_size: int = 200_000_000
+    extra: dict[str, Any] = field(default_factory=dict)  # merged last into the derived config
+
+    def __post_init__(self) -> None:
+        _choice("deepspeed.zero_stage", self.zero_stage, (1, 2, 3))
+        _choice("deepspeed.precision", self.precision, PRECISIONS)
+        _positive("deepspeed.gradient_accumulation", self.gradient_accumulation)
+
+
+@dataclass(kw_only=True)
+class CheckpointConfig:
+    """When and where DeepSpeed checkpoints are written, and where a run resumes from."""
+
+    dir: str | None = None          # None: <run.out_dir>/checkpoints
+    every_steps: int = 1000         # 0 = only at the end and on a stop signal
+    keep: int = 3                   # complete checkpoints kept (older ones are deleted); 0 = all
+    resume: str = "none"            # none | auto (latest complete, none if there is none) | a folder
+    save_final: bool = True
+
+    def __post_init__(self) -> None:
+        if self.every_steps < 0 or self.keep < 0:
+            raise ValueError("checkpoint.every_steps and checkpoint.keep must be >= 0")
+
+
+@dataclass(kw_only=True)
+class PretrainConfig:
+    """A whole pretraining run."""
+
+    out_dir: str = "runs/pretrain"  # TensorBoard logs, metrics.jsonl, checkpoints
+    max_steps: int = 1000           # optimizer steps (schedule length)
+    seed: int = 0
+    device: str = "auto"            # auto (cuda when available) | cuda | cpu
+    log_every: int = 10             # metric records every N steps (JSONL, TensorBoard)
+    progress: bool = True           # tqdm bar on rank 0
+    stop_at_step: int | None = None  # behave as if a stop signal arrived after this step (tests, drills)
+    peak_tflops: float | None = None  # device peak for MFU; None: known GPUs, else MFU is not reported
+    model: AVSiamConfig = field(default_factory=AVSiamConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+
+    def __post_init__(self) -> None:
+        _positive("max_steps", self.max_steps)
+        _positive("log_every", self.log_every)
+        _choice("device", self.device, ("auto", "cuda", "cpu"))
+        if self.stop_at_step is not None:
+            _positive("stop_at_step", self.stop_at_step)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.out_dir) / "checkpoints"
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a preset in trainer/configs/."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    if preset.is_file():
+        return preset
+    raise FileNotFoundError(f"config {name_or_path!r}: no such file and no such preset "
+                            f"(presets: {', '.join(preset_names())})")
+
+
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+                ) -> PretrainConfig:
+    """Read a YAML config (or preset name), apply `key=value` overrides, build and validate."""
+    raw: dict[str, Any] = {}
+    if name_or_path is not None:
+        path = resolve_config_path(name_or_path)
+        raw = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path}: a config is a YAML mapping, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    return build(PretrainConfig, raw, "")
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` (value parsed as YAML) in a nested dict, creating sections as needed."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ValueError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
+
+
+def build(cls, raw: dict[str, Any], prefix: str):
+    """Build dataclass `cls` from a nested dict, naming unknown keys and wrong types by path."""
+    if not isinstance(raw, dict):
+        raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; "
+                         f"valid in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[name] = build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(value, hint, prefix + name)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"config section {prefix.rstrip('.') or '<root>'}: {exc}") from exc
+
+
+def _coerce(value: Any, hint: Any, path: str) -> Any:
+    """Check a YAML value against a field's type; ints become floats where a float is expected."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(value, arg, path)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0])
+    if hint is Any:
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {value!r}")
+        item = args[0] if args else Any
+        return tuple(_coerce(v, item, path) for v in value)
+    if origin is dict or hint is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)     # YAML 1.1 reads "1e-4" as a string
+        except ValueError:
+            pass
+    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ValueError(f"{path}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _positive(name: str, value) -> None:
+    if value is None or value <= 0:
+        raise ValueError(f"{name} must be > 0, got {value}")
+
+
+def _choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}; got {value!r}")

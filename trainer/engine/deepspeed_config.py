@@ -1,0 +1,90 @@
+"""Derive the DeepSpeed JSON config from a `PretrainConfig`.
+
+Choices made here, once:
+- DeepSpeed's own gradient accumulation is always 1. A step's backward passes (gradient-caching
+  chunks, reconstruction chunks, accumulation micro-batches) all run inside one
+  `engine.coalesce_grad_reduction()` block, so ZeRO reduces gradients once per optimizer step.
+- The optimizer is DeepSpeed's Adam (FusedAdam on CUDA, torch's Adam with `torch_adam` on CPU);
+  `adam_w_mode` is set explicitly because DeepSpeed's "Adam" type defaults to AdamW.
+- The learning rate follows `schedule.lr_at(step)` and is set by the trainer each step, so it is
+  exact on resume and needs no DeepSpeed scheduler state.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from .config import PretrainConfig
+
+
+def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str,
+                            load_universal: bool = False) -> dict[str, Any]:
+    """The DeepSpeed config dict for `cfg` on `world_size` ranks of `device_type` ('cpu'|'cuda')."""
+    ds = cfg.deepspeed
+    micro = cfg.data.batch_size * ds.gradient_accumulation
+    on_cuda = device_type == "cuda"
+    if ds.precision == "fp16" and not on_cuda:
+        raise ValueError("deepspeed.precision=fp16 needs CUDA; use fp32 (or bf16) on CPU")
+    overlap = on_cuda if ds.overlap_comm is None else ds.overlap_comm
+    zero: dict[str, Any] = {
+        "stage": ds.zero_stage,
+        "overlap_comm": overlap,
+        "contiguous_gradients": True,
+        "reduce_bucket_size": ds.reduce_bucket_size,
+    }
+    if ds.zero_stage < 3:
+        zero["allgather_bucket_size"] = ds.allgather_bucket_size
+    else:
+        zero["stage3_prefetch_bucket_size"] = ds.allgather_bucket_size
+    config: dict[str, Any] = {
+        # One "micro-batch" for DeepSpeed = everything a rank processes in one optimizer step.
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": micro * world_size,
+        "optimizer": {
+            "type": "Adam",
+            "params": {
+                "lr": cfg.optim.lr,
+                "betas": list(cfg.optim.betas),
+                "eps": cfg.optim.eps,
+                "weight_decay": cfg.optim.weight_decay,
+                "adam_w_mode": cfg.optim.name == "adamw",
+                "torch_adam": not on_cuda,
+            },
+        },
+        "zero_optimization": zero,
+        "gradient_clipping": cfg.optim.grad_clip,
+        "steps_per_print": 10 ** 12,
+        "wall_clock_breakdown": False,
+        "zero_allow_untested_optimizer": False,
+    }
+    if ds.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    elif ds.precision == "fp16":
+        config["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": 16,
+                          "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    return _merge(config, ds.extra)
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def create_engine(module, cfg: PretrainConfig, world_size: int, device_type: str,
+                  load_universal: bool = False):
+    """Wrap `module` (a `PretrainModule`) in a DeepSpeed engine with the derived config."""
+    import deepspeed
+
+    from .module import param_groups
+    ds_config = derive_deepspeed_config(cfg, world_size, device_type, load_universal)
+    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=param_groups(module, cfg.optim.weight_decay),
+                                           config=ds_config)
+    engine.train()
+    return engine

@@ -1,0 +1,31 @@
+"""Consolidated fp32 AVSiam weights from a DeepSpeed checkpoint of any ZeRO stage and world size."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .checkpoint import find_resume_point, read_marker
+from .module import model_state_from_module
+
+
+def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
+    """Write `out` (.safetensors, with the model config as metadata); returns (path, step)."""
+    import torch
+
+    from trainer.model import AVSiam, AVSiamConfig
+
+    point = find_resume_point(str(checkpoint), Path(checkpoint))
+    marker = read_marker(point.path)
+    if not marker or "model_config" not in marker:
+        raise ValueError(f"{point.path}/complete.json has no model_config; was it written by `avsiam pretrain`?")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    state = model_state_from_module(get_fp32_state_dict_from_zero_checkpoint(str(point.root), tag=point.tag))
+    cfg = AVSiamConfig.from_json(marker["model_config"])
+    fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
+    with torch.device("meta"):
+        model = AVSiam(cfg.size, cfg.num_classes, **fields)
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    out = Path(out)
+    model.save(out)
+    return out, point.step

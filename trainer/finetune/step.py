@@ -1,0 +1,59 @@
+"""One fine-tuning step: draw the head, classify, BCE or CE against the loader's (soft) targets.
+
+Targets are the loader's multi-hot rows, already softened by mixup and label smoothing in finetune
+mode. Cross-entropy takes them as class probabilities (rows normalised to sum to 1, so a two-label
+clip counts half for each); BCE takes them per class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .heads import MODES, HeadSchedule
+
+
+def classification_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
+    """Mean BCE-with-logits over samples and classes, or mean soft-target cross-entropy."""
+    logits, targets = logits.float(), targets.float()
+    if logits.shape != targets.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(targets.shape)} differ: do "
+                         f"num_classes and the shards' label vocabulary agree?")
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, targets)
+    if kind == "ce":
+        mass = targets.sum(dim=-1, keepdim=True)
+        if bool((mass <= 0).any()):
+            raise ValueError("a clip without labels cannot be trained with cross-entropy; use "
+                             "loss=bce or drop unlabelled clips from the shards")
+        return F.cross_entropy(logits, targets / mass)
+    raise ValueError(f"unknown loss {kind!r}; choose bce or ce")
+
+
+class FinetuneStep:
+    """Runs one optimizer step on a DeepSpeed engine wrapping a `FinetuneModule`."""
+
+    def __init__(self, engine, heads: HeadSchedule, loss: str, lr_scales: list[float]) -> None:
+        self.engine, self.heads, self.loss = engine, heads, loss
+        self.device = engine.device
+        self.dtype = (torch.bfloat16 if engine.bfloat16_enabled() else
+                      torch.float16 if engine.fp16_enabled() else torch.float32)
+        groups = engine.optimizer.param_groups
+        if len(groups) != len(lr_scales):
+            raise RuntimeError(f"the optimizer has {len(groups)} parameter groups, {len(lr_scales)} "
+                               f"lr scales were built; this is a bug in trainer.finetune")
+        self.lr_scales = lr_scales
+
+    def run(self, batch: dict, step: int, lr: float) -> dict[str, float]:
+        mode = self.heads(step)
+        audio = batch["audio"].to(self.device, dtype=self.dtype, non_blocking=True)
+        visual = batch["visual"].to(self.device, dtype=self.dtype, non_blocking=True)
+        targets = batch["labels"].to(self.device, non_blocking=True)
+        logits = self.engine("classify", **HeadSchedule.inputs(mode, audio, visual))
+        loss = classification_loss(logits, targets, self.loss)
+        self.engine.backward(loss)
+        for group, scale in zip(self.engine.optimizer.param_groups, self.lr_scales):
+            group["lr"] = lr * scale
+        self.engine.step()
+        with torch.no_grad():
+            hit = targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1) > 0
+        return {"mode": MODES.index(mode), "loss": float(loss.detach()), "acc": float(hit.float().mean())}
