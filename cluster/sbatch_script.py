@@ -31,7 +31,8 @@ def time_limit_seconds(value: str) -> int:
     """Seconds in a SLURM --time value; ValueError naming the accepted forms otherwise."""
     m = _TIME.match(value.strip())
     if not m:
-        raise ValueError(f"--time {value!r}: use minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS")
+        raise ValueError(f"--time {value!r}: use minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM "
+                         "or D-HH:MM:SS")
     days, a, b, c = m.groups()
     if days is not None:  # D-H[:M[:S]]
         return int(days) * 86400 + int(a) * 3600 + int(b or 0) * 60 + int(c or 0)
@@ -110,7 +111,7 @@ class JobScript:
 
     kind: JobKind
     sbatch: SbatchOptions
-    python: str                       # interpreter with the project's requirements (a venv's python)
+    python: str                       # interpreter with the project's requirements (a venv's)
     project_dir: str                  # folder that holds the cluster/ package; put on PYTHONPATH
     job_args: tuple[str, ...] = ()    # arguments of `avsiam shard` / `avsiam pretrain`
     num_tasks: int | None = None      # shard: the n of "task k of n"
@@ -145,4 +146,5 @@ def render(job: JobScript) -> str:
         "num_tasks": str(job.num_tasks),
         "requeue_on_signal": requeue,
     }
-    return render_template(f"{job.kind}.sbatch", values)
+    text = render_template(f"{job.kind}.sbatch", values)
+    return "".join(line.rstrip() + "\n" for line in text.splitlines())

@@ -7,13 +7,10 @@ gets an exception that says which limit was hit. Outputs other than stdout go th
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 import selectors
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -22,7 +19,6 @@ STDOUT = "stdout"
 _CHUNK = 1 << 20
 _STDERR = "\0stderr"  # internal name of the stderr pipe
 _SAMPLE_S = 0.05  # how often the child's peak RSS is read
-_PR_SET_PDEATHSIG = 1
 
 
 class ProcessTimeout(Exception):
@@ -52,24 +48,26 @@ class ProcessResult:
     """Peak resident memory of the child (VmHWM, sampled; 0 where /proc is missing)."""
 
 
-def _child_setup(memory_bytes: int) -> Callable[[], None]:
-    def setup() -> None:
-        if memory_bytes > 0:
-            resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        if sys.platform.startswith("linux"):  # die with the worker that started us
-            try:
-                ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-            except (OSError, AttributeError):
-                pass
-    return setup
-
-
 def _kill(proc: subprocess.Popen) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    except ProcessLookupError:
         pass
     proc.wait()
+
+
+def _limit_memory(proc: subprocess.Popen, memory_mb: int) -> None:
+    """RLIMIT_AS of the running child, set from outside (prlimit) so that Popen can use vfork:
+    a preexec_fn would force a full fork of a worker holding torch, ~100 ms per call. Popen
+    returns once exec succeeded, while ffmpeg is still loading its libraries, before it opens
+    its input."""
+    if memory_mb <= 0:
+        return
+    limit = memory_mb << 20
+    try:
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, limit))
+    except (ProcessLookupError, PermissionError, AttributeError):
+        pass
 
 
 def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
@@ -90,8 +88,8 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
-            stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()),
-            start_new_session=True, preexec_fn=_child_setup(memory_mb << 20))
+            stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()))
+        _limit_memory(proc, memory_mb)
     finally:
         for _, w in extra.values():
             os.close(w)

@@ -154,6 +154,38 @@ def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
     return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation)
 
 
+def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
+                   frame_indices: list[int], params: ClipParams, limits: MediaLimits,
+                   video_url: str | None, audio_url: str | None) -> list[str]:
+    """The one ffmpeg command of a clip: seek to the window on the input; frames (when video_url)
+    picked by `select`, scaled short side (bicubic) and centre-cropped in the filter graph, as
+    rgb24; audio (when audio_url) downmixed to mono 16 kHz s16le."""
+    size = params.frame_size
+    input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
+    if start > 0:
+        input_args["ss"] = f"{start:.6f}"
+    source = ffmpeg.input(_input_url(path), **input_args)
+    nodes = []
+    if video_url is not None:
+        chosen = "+".join(f"eq(n,{i})" for i in frame_indices)
+        short = f"if(lt(iw,ih),{size},-1)", f"if(lt(iw,ih),-1,{size})"
+        video = (source[str(info.video.index)]
+                 .filter("fps", fps=f"{info.video.fps:.6f}")
+                 .filter("select", chosen)
+                 .filter("scale", short[0], short[1], flags="bicubic")
+                 .filter("crop", size, size))
+        nodes.append(ffmpeg.output(video, video_url, format="rawvideo", pix_fmt="rgb24",
+                                   vsync="passthrough", threads=1))
+    if audio_url is not None:
+        nodes.append(ffmpeg.output(source[str(info.audio.index)], audio_url, format="s16le",
+                                   acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE))
+    command = ffmpeg.merge_outputs(*nodes).compile()
+    command[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
+    if limits.ffmpeg_threads > 0:
+        command[1:1] = ["-filter_complex_threads", str(limits.ffmpeg_threads)]
+    return command
+
+
 def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
                   frame_indices: list[int], want_audio: bool, want_video: bool,
                   params: ClipParams, limits: MediaLimits) -> Decoded:
@@ -167,29 +199,9 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
         outputs[STDOUT] = len(frame_indices) * size * size * 3
 
     def build(urls: dict[str, str]) -> list[str]:
-        input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
-        if start > 0:
-            input_args["ss"] = f"{start:.6f}"
-        source = ffmpeg.input(_input_url(path), **input_args)
-        nodes = []
-        if want_video:
-            chosen = "+".join(f"eq(n,{i})" for i in frame_indices)
-            short = f"if(lt(iw,ih),{size},-1)", f"if(lt(iw,ih),-1,{size})"
-            video = (source[str(info.video.index)]
-                     .filter("fps", fps=f"{info.video.fps:.6f}")
-                     .filter("select", chosen)
-                     .filter("scale", short[0], short[1], flags="bicubic")
-                     .filter("crop", size, size))
-            nodes.append(ffmpeg.output(video, urls[STDOUT], format="rawvideo", pix_fmt="rgb24",
-                                       vsync="passthrough", threads=1))
-        if want_audio:
-            nodes.append(ffmpeg.output(source[str(info.audio.index)], urls[_AUDIO], format="s16le",
-                                       acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE))
-        command = ffmpeg.merge_outputs(*nodes).compile()
-        command[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
-        if limits.ffmpeg_threads > 0:
-            command[1:1] = ["-filter_complex_threads", str(limits.ffmpeg_threads)]
-        return command
+        return decode_command(path, info, start=start, seconds=seconds,
+                              frame_indices=frame_indices, params=params, limits=limits,
+                              video_url=urls.get(STDOUT), audio_url=urls.get(_AUDIO))
 
     try:
         result = run_bounded(build, outputs=outputs, timeout_s=limits.decode_timeout_s,

@@ -37,6 +37,8 @@ class RunSummary:
     ok: int = 0
     failed: int = 0
     dataset_json: Path | None = None
+    resources: dict | None = None
+    """Workers' memory peaks and CPU time (with their ffmpeg children), see workers.ResourceUse."""
 
 
 def make_plan(cfg: ShardConfig) -> Plan:
@@ -173,9 +175,10 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
         raise
     finally:
         bar.close()
+        summary.resources = pool.usage.as_dict()
         log.write("summary", shards_written=summary.shards_written,
                   shards_skipped=summary.shards_skipped, rows=summary.rows, ok=summary.ok,
-                  failed=summary.failed, memory=pool.peaks.as_dict())
+                  failed=summary.failed, resources=summary.resources)
 
 
 def _count(summary: RunSummary, result: ClipResult) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import signal
 import sys
 
 from pipeline.manifest import KINDS
@@ -88,6 +89,11 @@ def config_from_args(args: argparse.Namespace):
                        progress=not args.no_progress)
 
 
+def _exit_on_term(signum, frame) -> None:
+    """Unwind (workers killed, partial shard left uncommitted for the next run) and exit 143."""
+    raise SystemExit(128 + signum)
+
+
 def main(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.labels import LabelsError
@@ -101,11 +107,14 @@ def main(args: argparse.Namespace) -> int:
         print(f"avsiam shard: {' and '.join(missing)} not found on PATH; install ffmpeg "
               f"(Debian: apt-get install ffmpeg)", file=sys.stderr)
         return 2
+    previous = signal.signal(signal.SIGTERM, _exit_on_term)  # SLURM's warning, scancel
     try:
         summary = run(config_from_args(args))
     except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch) as exc:
         print(f"avsiam shard: {exc}", file=sys.stderr)
         return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     done = "all shards committed, dataset.json written" if summary.dataset_json else \
         "other shards still to do (other tasks, or re-run)"
     print(f"avsiam shard: {summary.shards_written} shard(s) written, {summary.shards_skipped} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import resource
 import signal
 import time
 from dataclasses import dataclass, field
@@ -29,16 +30,30 @@ class WorkerFailure:
 
 
 @dataclass
-class MemoryPeaks:
-    """Peak resident memory seen in this run, in KiB (for metrics, never for shard bytes)."""
+class ResourceUse:
+    """Memory peaks (KiB) and CPU time of the workers in this run (metrics, never shard bytes)."""
 
     worker_base_kb: int = 0     # a worker after loading torch, before its first clip
     worker_peak_kb: int = 0     # highest VmHWM of any worker
     ffmpeg_peak_kb: int = 0     # highest VmHWM of any ffmpeg child
+    finished_cpu_s: float = 0.0  # CPU of workers that ended (with their ffmpeg/ffprobe children)
+    live_cpu_s: dict = field(default_factory=dict)   # latest CPU report of each live worker
+
+    @property
+    def worker_cpu_s(self) -> float:
+        return self.finished_cpu_s + sum(self.live_cpu_s.values())
 
     def as_dict(self) -> dict:
         return {"worker_base_kb": self.worker_base_kb, "worker_peak_kb": self.worker_peak_kb,
-                "ffmpeg_peak_kb": self.ffmpeg_peak_kb}
+                "ffmpeg_peak_kb": self.ffmpeg_peak_kb,
+                "worker_cpu_s": round(self.worker_cpu_s, 3)}
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its waited children (ffmpeg, ffprobe)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _own_hwm_kb() -> int:
@@ -54,6 +69,7 @@ def _own_hwm_kb() -> int:
 
 def _worker_main(conn: Connection, context: ClipContext) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
+    os.setpgid(0, 0)  # own process group with its ffmpeg children: killed together on timeout
     warm_up()
     conn.send(("ready", _own_hwm_kb()))
     while True:
@@ -66,7 +82,7 @@ def _worker_main(conn: Connection, context: ClipContext) -> None:
         tag, task = message
         result = process_clip(task, context)
         try:
-            conn.send(("result", tag, result, _own_hwm_kb()))
+            conn.send(("result", tag, result, _own_hwm_kb(), _cpu_s()))
         except (BrokenPipeError, OSError):
             return
 
@@ -90,7 +106,7 @@ class WorkerPool:
     context: ClipContext
     task_timeout_s: float
     recycle_after: int = 1000
-    peaks: MemoryPeaks = field(default_factory=MemoryPeaks)
+    usage: ResourceUse = field(default_factory=ResourceUse)
 
     def __post_init__(self) -> None:
         self._mp = mp.get_context("forkserver")
@@ -142,15 +158,14 @@ class WorkerPool:
         for worker in self._workers:
             try:
                 if kill:
-                    worker.process.kill()
+                    os.killpg(worker.process.pid, signal.SIGKILL)
                 else:
                     worker.conn.send(None)
             except (OSError, ValueError):
-                pass
-        for worker in self._workers:
+                worker.process.kill()
+        for worker in list(self._workers):
             worker.process.join(timeout=None if not kill else 10)
-            worker.conn.close()
-        self._workers.clear()
+            self._remove(worker)
 
     # --- internals ----------------------------------------------------------------------------
     def _start(self) -> _Worker:
@@ -172,11 +187,13 @@ class WorkerPool:
                 return
             if message[0] == "ready":
                 worker.ready = True
-                self.peaks.worker_base_kb = max(self.peaks.worker_base_kb, message[1])
+                self.usage.worker_base_kb = max(self.usage.worker_base_kb, message[1])
                 continue
-            _, tag, result, hwm_kb = message
-            self.peaks.worker_peak_kb = max(self.peaks.worker_peak_kb, hwm_kb)
-            self.peaks.ffmpeg_peak_kb = max(self.peaks.ffmpeg_peak_kb, result.ffmpeg_max_rss_kb)
+            _, tag, result, hwm_kb, cpu_s = message
+            usage = self.usage
+            usage.worker_peak_kb = max(usage.worker_peak_kb, hwm_kb)
+            usage.ffmpeg_peak_kb = max(usage.ffmpeg_peak_kb, result.ffmpeg_max_rss_kb)
+            usage.live_cpu_s[worker.process.pid] = cpu_s
             self._done.append((tag, result))
             worker.tag, worker.task = None, None
             worker.done += 1
@@ -209,8 +226,7 @@ class WorkerPool:
         now = time.monotonic()
         for worker in list(self._workers):
             if worker.task is not None and now - worker.started > self.task_timeout_s:
-                worker.process.kill()
-                worker.process.join()
+                _kill_group(worker.process)
                 self._done.append((worker.tag, WorkerFailure(
                     f"{errors.WORKER_TIMEOUT}: no result within {self.task_timeout_s:g} s; the "
                     f"worker was killed and replaced")))
@@ -219,6 +235,16 @@ class WorkerPool:
     def _remove(self, worker: _Worker) -> None:
         worker.conn.close()
         self._workers.remove(worker)
+        self.usage.finished_cpu_s += self.usage.live_cpu_s.pop(worker.process.pid, 0.0)
+
+
+def _kill_group(process: mp.Process) -> None:
+    """SIGKILL a worker and the ffmpeg it may be running (same process group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        process.kill()
+    process.join()
 
 
 def _exit_text(code: int | None) -> str:

@@ -1,14 +1,15 @@
 """Safe decoding of the three member types, and nothing else.
 
-- KEY.fbank.npy: `np.load(allow_pickle=False)` of an .npy header; object arrays are refused by numpy
-  before any unpickling, so no code in a shard can run. Must be float16/float32 [T>0, 128], finite.
-- KEY.fN.jpg: JPEG magic checked, then decoded by torchvision's JPEG decoder only (RGB, uint8).
+- KEY.fbank.npy: `shards.npy.load_array`: the header is checked (float16/float32 only, size
+  present) before `np.load(allow_pickle=False)`, so an object array is never unpickled and no code in
+  a shard can run. Must be [T>0, 128] and finite.
+- KEY.fN.jpg: JPEG magic and the frame header's size (<= 4096 x 4096) checked, then decoded by
+  torchvision's JPEG decoder only (RGB, uint8).
 - KEY.json: at most 64 KiB, `json.loads`, must be an object; label indices must be integers.
 Every failure raises `BadSample(reason, message)`; the stream counts it and moves on.
 """
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
@@ -17,27 +18,21 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from .errors import BadSample
+from .npy import all_finite, load_array
 from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX, NUM_MEL_BINS, frame_suffix
 
-NPY_MAGIC = b"\x93NUMPY"
 JPEG_MAGIC = b"\xff\xd8\xff"
 MAX_META_BYTES = 1 << 16
-FBANK_DTYPES = (np.dtype("float16"), np.dtype("float32"))
+MAX_FRAME_PIXELS = 4096 * 4096
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 
 def decode_fbank(data: bytes) -> np.ndarray:
     """The raw log-mel fbank [T, 128] as stored (float16 or float32)."""
-    if not isinstance(data, bytes) or not data.startswith(NPY_MAGIC):
-        raise BadSample("corrupt_npy", f"{FBANK_SUFFIX} is not an .npy array")
-    try:
-        arr = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise BadSample("corrupt_npy", f"{FBANK_SUFFIX} does not load without pickle: {e}") from None
-    if arr.dtype not in FBANK_DTYPES:
-        raise BadSample("bad_dtype", f"{FBANK_SUFFIX} has dtype {arr.dtype}, expected float16")
+    arr = load_array(data, FBANK_SUFFIX)
     if arr.ndim != 2 or arr.shape[1] != NUM_MEL_BINS or arr.shape[0] == 0:
         raise BadSample("bad_shape", f"{FBANK_SUFFIX} has shape {arr.shape}, expected [T>0, {NUM_MEL_BINS}]")
-    if not np.isfinite(arr).all():
+    if not all_finite(arr):
         raise BadSample("nonfinite", f"{FBANK_SUFFIX} holds NaN or inf values")
     return arr
 
@@ -46,6 +41,9 @@ def decode_frame(data: bytes, size: int) -> torch.Tensor:
     """One JPEG frame as uint8 [3, size, size] (bicubic-resized if stored at another size)."""
     if not isinstance(data, bytes) or not data.startswith(JPEG_MAGIC):
         raise BadSample("corrupt_jpg", "frame is not a JPEG")
+    height, width = jpeg_dimensions(data)
+    if height * width > MAX_FRAME_PIXELS or not height or not width:
+        raise BadSample("bad_shape", f"JPEG claims {width}x{height} pixels")
     try:
         img = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError as e:
@@ -55,6 +53,27 @@ def decode_frame(data: bytes, size: int) -> torch.Tensor:
     if img.shape[1] != size or img.shape[2] != size:
         img = resize(img, [size, size], interpolation=InterpolationMode.BICUBIC, antialias=True)
     return img
+
+
+def jpeg_dimensions(data: bytes) -> tuple[int, int]:
+    """(height, width) from the JPEG frame header, read before decoding (no pixel bombs)."""
+    i, n = 2, len(data)
+    while i + 4 <= n:
+        if data[i] != 0xFF:
+            break
+        marker = data[i + 1]
+        if marker == 0xFF:                                  # fill byte
+            i += 1
+            continue
+        if marker == 0x01 or 0xD0 <= marker <= 0xD8:         # markers without a length
+            i += 2
+            continue
+        if marker in _SOF_MARKERS and i + 9 <= n:
+            return int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+        if marker == 0xDA:                                  # scan data before any frame header
+            break
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise BadSample("corrupt_jpg", "JPEG has no readable frame header")
 
 
 def decode_meta(data: bytes) -> dict:

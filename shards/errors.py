@@ -20,7 +20,9 @@ log = logging.getLogger("shards")
 class BadSample(ValueError):
     """A sample (or shard) that cannot be used; `reason` is a short counter name."""
 
-    def __init__(self, reason: str, message: str):
+    def __init__(self, reason: str, message: str | None = None):
+        if message is None:             # re-created from its text (DataLoader re-raises so)
+            reason, message = "error", reason
         super().__init__(message)
         self.reason = reason
 

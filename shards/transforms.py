@@ -15,6 +15,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .npy import readonly_tensor
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -30,12 +32,13 @@ def choose_frames(stored: int, how, rng: np.random.Generator) -> list[int]:
     return [int(how)]
 
 
-def fit_length(fbank: np.ndarray, frames: int) -> tuple[torch.Tensor, int]:
-    """Raw fbank cut or zero-padded to `frames` rows (float32), and how many rows are real."""
-    t = min(fbank.shape[0], frames)
-    out = torch.zeros(frames, fbank.shape[1], dtype=torch.float32)
-    out[:t] = torch.from_numpy(np.ascontiguousarray(fbank[:t], dtype=np.float32))
-    return out, t
+def place_fbank(out: torch.Tensor, fbank: np.ndarray) -> int:
+    """Copy the raw fbank, cut to out's rows, into a float32 [frames, 128] row of the batch and
+    zero the rest (padding); returns how many rows are real."""
+    t = min(fbank.shape[0], out.shape[0])
+    out[:t].copy_(readonly_tensor(fbank[:t]))
+    out[t:].zero_()
+    return t
 
 
 def label_target(indices: Sequence[int], num_classes: int | None, label_type: str,
@@ -79,9 +82,10 @@ def roll_time(audio: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Ten
     return audio
 
 
-def normalise_frames(frames_u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std."""
+def normalise_frames(frames_u8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std (into `out` if given)."""
     shape = [1] * (frames_u8.ndim - 3) + [3, 1, 1]
     mean = torch.tensor(IMAGENET_MEAN).view(shape) * 255.0
     inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(shape) * 255.0)
-    return frames_u8.to(torch.float32).sub_(mean).mul_(inv_std)
+    out = torch.empty(frames_u8.shape, dtype=torch.float32) if out is None else out
+    return out.copy_(frames_u8).sub_(mean).mul_(inv_std)

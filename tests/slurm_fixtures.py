@@ -2,8 +2,8 @@
 
     from tests.slurm_fixtures import slurm_cluster  # noqa: F401  (a module-scoped fixture)
 
-When the cluster cannot start (not root, slurm-wlm/munge missing, daemons failing) the tests that use
-it are skipped with that reason; they never pass without running.
+When the cluster cannot start (not root, slurm-wlm/munge missing, daemons failing) the tests that
+use it are skipped with that reason; they never pass without running.
 """
 from __future__ import annotations
 

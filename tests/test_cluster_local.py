@@ -31,6 +31,8 @@ def test_slurm_conf_puts_every_path_and_port_in_the_cluster_folder(tmp_path):
     assert (back.ctld_port, back.node_ports, back.requeue_delay_s) == (41000, (41001, 41002), 5)
     with pytest.raises(ValueError, match="ports must differ"):
         LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(1, 2))
+    with pytest.raises(ValueError, match="at least 5 s"):
+        LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(2,), requeue_delay_s=2)
 
 
 def test_unavailable_cluster_is_a_reason_not_a_crash(monkeypatch):

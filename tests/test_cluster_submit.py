@@ -47,7 +47,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     assert "--nnodes=4" not in script and "nproc-per-node=8" not in script
     assert "export PYTHONPATH=/srv/avsiam${PYTHONPATH:+:$PYTHONPATH}" in script
     # job arguments are shell-quoted, after the command
-    assert script.rstrip().endswith("-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
+    assert script.rstrip().endswith(
+        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script and "trap on_warning USR1" in script
 
 
@@ -65,10 +66,12 @@ def test_shard_array_passes_task_k_of_n_and_workers_from_slurm():
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
-@pytest.mark.parametrize("kind,extra", [("shard", ["--array", "3"]), ("pretrain", ["--nodes", "2"])])
+@pytest.mark.parametrize("kind,extra", [("shard", ["--array", "3"]),
+                                        ("pretrain", ["--nodes", "2"])])
 def test_rendered_scripts_are_valid_bash(kind, extra, tmp_path):
     script = tmp_path / f"{kind}.sbatch"
-    proc = _avsiam_submit(kind, *extra, "--save-script", str(script), "--dry-run", "--", "--x", "y z")
+    proc = _avsiam_submit(kind, *extra, "--save-script", str(script), "--dry-run", "--",
+                          "--x", "y z")
     assert proc.returncode == 0, proc.stderr
     assert script.read_text() == proc.stdout
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)

@@ -72,7 +72,7 @@ def test_code_carrying_members_are_never_decoded(tmp_path):
     keys = [k for b in loader for k in b["keys"]]
     assert not marker.exists()
     assert sample_key(1, 2) not in keys and sample_key(0, 0) in keys     # extra members ignored
-    assert loader.skipped_by_reason == {"corrupt_npy": 1}
+    assert loader.skipped_by_reason == {"bad_dtype": 1}          # refused before np.load
 
 
 def test_pipe_urls_need_allow_pipe(tmp_path):
@@ -164,3 +164,40 @@ def test_raise_policy_raises_on_the_first_bad_sample(tmp_path):
     loader = make_loader(str(tmp_path), batch_size=2, on_error="raise", shuffle_buffer=0, **SMALL)
     with pytest.raises(BadSample, match="clip000x0001"):
         list(loader)
+
+
+def npy_claiming(shape) -> bytes:
+    """A valid float16 .npy header claiming `shape`, followed by a few bytes only."""
+    header = npy_bytes(np.zeros((1, 128), dtype=np.float16))
+    head_len = int.from_bytes(header[8:10], "little") + 10
+    text = header[10:head_len].decode("latin1").replace("(1, 128)", repr(tuple(shape)))
+    text = text.rstrip("\n").rstrip(" ")
+    text += " " * (head_len - 10 - len(text) - 1) + "\n"
+    return header[:10] + text.encode("latin1") + b"\0" * 64
+
+
+def bombs(shard, index, members):
+    if index == 1:
+        members["fbank.npy"] = npy_claiming((10 ** 9, 128))        # 256 GB promised
+    if index == 2:
+        frame = bytearray(members["f0.jpg"])
+        at = frame.find(b"\xff\xc0")
+        frame[at + 5:at + 9] = (60000).to_bytes(2, "big") * 2      # 60000 x 60000 pixels
+        for name in [m for m in members if m.endswith(".jpg")]:
+            members[name] = bytes(frame)
+    return members
+
+
+def test_size_bombs_are_refused_before_allocating(tmp_path):
+    tars = write_split(tmp_path, [5, 5], fbank_frames=20, frame_size=8, damage=bombs)
+    with open(tars[1], "r+b") as f:            # shard 1: first member's header claims 8 GiB
+        header = bytearray(f.read(512))
+        header[124:136] = b"%011o\0" % (8 << 30)
+        header[148:156] = b" " * 8
+        header[148:156] = b"%06o\0 " % sum(header)
+        f.seek(0)
+        f.write(header)
+    loader = make_loader(str(tmp_path), batch_size=2, shuffle_buffer=0, frames=0, **SMALL)
+    batches = list(loader)
+    assert len(batches) == 5
+    assert loader.skipped_by_reason == {"corrupt_npy": 1, "bad_shape": 1, "unreadable_shard": 1}

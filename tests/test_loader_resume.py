@@ -11,7 +11,7 @@ import json
 import pytest
 import torch
 
-from shards import stream as stream_module
+from shards import rows as rows_module
 from shards.loader import make_loader
 from test_loader_shards import write_split
 
@@ -119,7 +119,7 @@ def test_state_of_another_loader_is_refused(split):
 
 def test_skipped_batches_are_not_decoded(split, monkeypatch):
     calls = {"fbank": 0, "frame": 0}
-    real_fbank, real_frame = stream_module.decode_fbank, stream_module.decode_frame
+    real_fbank, real_frame = rows_module.decode_fbank, rows_module.decode_frame
 
     def counting_fbank(data):
         calls["fbank"] += 1
@@ -129,8 +129,8 @@ def test_skipped_batches_are_not_decoded(split, monkeypatch):
         calls["frame"] += 1
         return real_frame(data, size)
 
-    monkeypatch.setattr(stream_module, "decode_fbank", counting_fbank)
-    monkeypatch.setattr(stream_module, "decode_frame", counting_frame)
+    monkeypatch.setattr(rows_module, "decode_fbank", counting_fbank)
+    monkeypatch.setattr(rows_module, "decode_frame", counting_frame)
     loader = make_loader(str(split), rank=0, num_workers=0, lanes=1, **OPTIONS)
     loader.load_state_dict(dict(loader.state_dict(), batches=5))
     take(loader, 1)

@@ -224,3 +224,43 @@ def test_save_and_load_round_trip(small, tmp_path):
     fbank, frames = _inputs(2, 128, 64)
     with torch.no_grad():
         assert torch.equal(loaded.classify(audio=fbank, visual=frames), small.classify(audio=fbank, visual=frames))
+    relabelled = AVSiam.load(path, num_classes=9)
+    assert relabelled.head_av.fc.out_features == 9 and relabelled.config.num_classes == 9
+    assert torch.equal(relabelled.blocks[1].attn.qkv.weight, small.blocks[1].attn.qkv.weight)
+
+
+def test_pack_plan_puts_every_kept_token_once_in_fewer_rows():
+    from trainer.model.packing import PackPlan
+    masks = MultiRatioMasker()(10, generator=torch.Generator().manual_seed(0))   # 512 audio, 196 visual
+    for mask, capacity in ((masks.audio, 512), (masks.visual, 196)):
+        plan = PackPlan.from_mask(mask)
+        assert plan.token_index.shape == (6, capacity)        # 5 groups pair up into 3 rows, twice
+        kept = torch.nonzero(~mask.flatten()).flatten()
+        placed = plan.token_index[plan.sample >= 0]
+        assert torch.equal(placed.sort().values, kept)        # each kept token exactly once
+        assert torch.equal(plan.sample[plan.sample >= 0], placed // mask.shape[1])
+        attn = plan.attention_mask()[:, 0]
+        same = plan.sample[:, :, None] == plan.sample[:, None, :]
+        assert torch.equal(attn, same) and not attn.all()     # block-diagonal, never across samples
+
+
+def test_a_mask_dropping_every_token_is_refused(small):
+    fbank, frames = _inputs(2, 128, 64)
+    masks = random_masks(2, 0.5, 64, 16)
+    empty = masks.audio.clone()
+    empty[1] = True
+    from trainer.masking import TokenMasks
+    with pytest.raises(ValueError, match="drops every token"):
+        small.contrastive_embeddings(fbank, frames, TokenMasks(empty, masks.visual))
+
+
+def test_model_libraries_import_no_app_code():
+    """Library direction: the model, masking and loss modules pull in no CLI, engine or DeepSpeed."""
+    import subprocess
+    import sys
+    code = ("import sys, trainer.model, trainer.masking, trainer.losses, trainer.model.official, "
+            "trainer.model.timm_export, trainer.model.info; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('deepspeed', 'cluster', 'pipeline', 'shards') "
+            "or m.startswith(('trainer.engine', 'trainer.pretrain')) or m.endswith('_command')]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

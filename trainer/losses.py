@@ -75,15 +75,16 @@ class ContrastiveLoss(nn.Module):
     def forward(self, audio: torch.Tensor, visual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if audio.shape != visual.shape or audio.dim() != 2:
             raise ValueError(f"audio {tuple(audio.shape)} and visual {tuple(visual.shape)} must be equal [B, D]")
-        a = F.normalize(audio.float(), dim=-1)
-        v = F.normalize(visual.float(), dim=-1)
-        rank, world = distributed_world()
-        all_a, all_v = (gather_with_grad(a), gather_with_grad(v)) if world > 1 else (a, v)
-        labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
-        scale = self.scale()
-        logits_av = scale * a @ all_v.t()   # audio -> visual, [b, B]
-        logits_va = scale * v @ all_a.t()   # visual -> audio, [b, B]
-        loss = (F.cross_entropy(logits_av, labels) + F.cross_entropy(logits_va, labels)) / 2
+        with torch.autocast(device_type=audio.device.type, enabled=False):  # logits in fp32
+            a = F.normalize(audio.float(), dim=-1)
+            v = F.normalize(visual.float(), dim=-1)
+            rank, world = distributed_world()
+            all_a, all_v = (gather_with_grad(a), gather_with_grad(v)) if world > 1 else (a, v)
+            labels = torch.arange(a.shape[0], device=a.device) + rank * a.shape[0]
+            scale = self.scale().float()
+            logits_av = scale * a @ all_v.t()   # audio -> visual, [b, B]
+            logits_va = scale * v @ all_a.t()   # visual -> audio, [b, B]
+            loss = (F.cross_entropy(logits_av, labels) + F.cross_entropy(logits_va, labels)) / 2
         with torch.no_grad():
             acc = ((logits_av.argmax(-1) == labels).float().mean() + (logits_va.argmax(-1) == labels).float().mean()) / 2
         return loss, acc

@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cluster.local", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("action", choices=("start", "stop", "status"))
-    parser.add_argument("--dir", type=Path, help="cluster folder (start: default a new temp folder)")
+    parser.add_argument("--dir", type=Path, help="cluster folder (start: default a new temp one)")
     parser.add_argument("--nodes", type=int, default=2, help="slurmd daemons (node1..nodeN)")
     args = parser.parse_args(argv)
     if args.action == "start":

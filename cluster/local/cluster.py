@@ -83,7 +83,7 @@ class LocalSlurmCluster:
             cluster.stop()
 
     def start(self) -> "LocalSlurmCluster":
-        """Write the config, start munged, slurmctld and the slurmds, wait until all nodes are idle."""
+        """Write the config, start munged, slurmctld and the slurmds; wait until all nodes idle."""
         atexit.register(self.stop)
         try:
             reason = why_unavailable() or _untraversable(self.config.root)
@@ -137,7 +137,8 @@ class LocalSlurmCluster:
         proc = subprocess.run([exe, *argv[1:]], env=self.env(), capture_output=True, text=True,
                               timeout=timeout)
         if check and proc.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr.strip()}")
+            raise RuntimeError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                               f"{proc.stderr.strip()}")
         return proc.stdout
 
     def node_states(self) -> dict[str, str]:
@@ -147,7 +148,8 @@ class LocalSlurmCluster:
     def log_tail(self, lines: int = 15) -> str:
         """The last lines of every daemon log, to explain a failure."""
         parts = []
-        for path in sorted([*self.config.log_dir.glob("*.log"), *self.config.log_dir.glob("*.stdout")]):
+        logs = self.config.log_dir
+        for path in sorted([*logs.glob("*.log"), *logs.glob("*.stdout")]):
             text = path.read_text(errors="replace").splitlines()[-lines:]
             parts.append(f"--- {path.name}\n" + "\n".join(text))
         return "\n".join(parts)

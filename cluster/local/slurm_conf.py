@@ -22,8 +22,9 @@ class LocalClusterConfig:
     cpus_per_node: int = field(default_factory=lambda: max(1, os.cpu_count() or 1))
     memory_mb: int = 4000
     partition: str = "debug"
-    # Seconds a requeued job waits before it may start again (munge credential lifetime; SLURM's
-    # default is 120 s, which would make the requeue tests wait two minutes per restart).
+    # Seconds a requeued job waits before it may start again (the credential lifetime, cred_expire).
+    # SLURM's default is 120 s, which would make every requeue in the tests wait two minutes; below
+    # 5 s SLURM silently falls back to that default (measured with 22.05), hence the minimum.
     requeue_delay_s: int = 5
 
     def __post_init__(self) -> None:
@@ -31,8 +32,8 @@ class LocalClusterConfig:
             raise ValueError("a local cluster needs at least one node port")
         if len(set(self.node_ports) | {self.ctld_port}) != len(self.node_ports) + 1:
             raise ValueError(f"ports must differ: ctld {self.ctld_port}, nodes {self.node_ports}")
-        if self.requeue_delay_s < 1:
-            raise ValueError("requeue_delay_s must be at least 1 second")
+        if self.requeue_delay_s < 5:
+            raise ValueError("requeue_delay_s must be at least 5 s (SLURM ignores shorter ones)")
 
     @property
     def nodes(self) -> tuple[str, ...]:

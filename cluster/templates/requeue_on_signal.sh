@@ -1,4 +1,4 @@
-# Preemption and time limits. SLURM sends the warning signal (USR1, asked for with --signal=B:USR1@S)
+# Preemption and time limits. SLURM sends the warning signal (USR1; --signal=B:USR1@SECONDS)
 # to this shell only, which passes it on to the job step as {{step_signal}}:
 # {{step_signal_effect}}.
 # Once the step has ended the job requeues itself, and the next run resumes where this one stopped.
@@ -26,7 +26,8 @@ run_step() {  # "$@" in the background; wait through signals; requeue when the w
         break
     done
     if [ "$warned" = 1 ]; then
-        echo "[avsiam] step ended with status $rc after the warning: requeueing job $SLURM_JOB_ID" >&2
+        echo "[avsiam] step ended with status $rc after the warning:" \
+             "requeueing job $SLURM_JOB_ID" >&2
         scontrol requeue "$SLURM_JOB_ID" && exit 0
         echo "[avsiam] scontrol requeue failed: submit this script again to resume" >&2
     fi

@@ -52,13 +52,15 @@ def _make_all(config: SynthConfig, todo: list[ClipPlan], bar: tqdm) -> None:
     context = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
     with ProcessPoolExecutor(max_workers=min(config.workers, len(todo)), mp_context=context) as pool:
         pending = {pool.submit(make_clip, config, plan) for plan in todo}
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                if future.exception() is not None:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise future.exception()
-                bar.update()
+        try:
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for future in done:
+                    future.result()  # raises the clip's error
+                    bar.update()
+        except BaseException:  # an error or Ctrl-C: start no new clip, let running ones end
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def write_dataset(config: SynthConfig, progress: bool = True) -> dict:

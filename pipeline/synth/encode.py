@@ -30,6 +30,8 @@ class Container:
 
 
 _H264 = {"c:v": "libx264", "preset": "ultrafast", "pix_fmt": "yuv420p"}
+# AAC dominates the encode time: the "fast" coder without PNS/IS/TNS at 64k is ~2x quicker than
+# ffmpeg's default (twoloop, 128k) and plenty for synthetic tones (see BENCHMARKS.md).
 _AAC = {"c:a": "aac", "aac_coder": "fast", "aac_pns": 0, "aac_is": 0, "aac_tns": 0, "b:a": "64k"}
 FORMATS: dict[str, Container] = {
     "mp4": Container("mp4", _H264, _AAC, 44100),
@@ -40,8 +42,9 @@ FORMATS: dict[str, Container] = {
                                "pix_fmt": "yuv420p"},
                       {"c:a": "libopus", "b:a": "96k"}, 48000),
 }
+# No version strings, dates or random ids in the output.
 BITEXACT = {"fflags": "+bitexact", "flags:v": "+bitexact", "flags:a": "+bitexact",
-             "map_metadata": -1, "map_chapters": -1}
+            "map_metadata": -1, "map_chapters": -1}
 
 
 class EncodeError(RuntimeError):
@@ -87,27 +90,35 @@ def run_encoder(command: list[str], frames: Iterable[np.ndarray], out_path: Path
 
         watchdog = threading.Timer(timeout_s, kill)
         watchdog.start()
+        fed = False
         try:
             try:
                 for block in frames:
                     proc.stdin.write(memoryview(np.ascontiguousarray(block)).cast("B"))
                 proc.stdin.close()
+                fed = True
             except (BrokenPipeError, ValueError):
                 pass  # ffmpeg stopped reading; its return code and stderr say why
             returncode = proc.wait()
         finally:
             watchdog.cancel()
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        if returncode != 0 or timed_out.is_set():
+        if returncode != 0 or timed_out.is_set() or not fed:
             stderr.seek(0)
             tail = stderr.read().decode("utf-8", "replace")[-STDERR_TAIL:].strip()
-            why = f"timed out after {timeout_s:.0f} s" if timed_out.is_set() else f"exit code {returncode}"
+            why = (f"timed out after {timeout_s:g} s" if timed_out.is_set() else
+                   f"exit code {returncode}" if returncode else "stopped reading frames early")
             raise EncodeError(f"ffmpeg {why} while writing {out_path}: {tail or '(no stderr)'}\n"
                               f"command: {' '.join(command)}\n"
-                              "fix: check that this ffmpeg has the encoder (ffmpeg -encoders) and "
-                              "that the output folder is writable")
+                              "fix: check that this ffmpeg has the encoder (ffmpeg -encoders), that "
+                              "the output folder is writable and the disk not full; on a busy "
+                              "machine, raise SynthConfig.timeout_s")
 
 
 def encode_clip(out_path: str | Path, frames: Iterable[np.ndarray], wav_path: str | Path, fmt: str, *,

@@ -1,4 +1,4 @@
-"""The clip plan: for every clip its YouTube-like id, labels, split and container, from the seed alone."""
+"""The clip plan: every clip's YouTube-like id, labels, split and container, from the seed alone."""
 from __future__ import annotations
 
 import base64

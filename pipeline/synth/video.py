@@ -1,4 +1,5 @@
-"""Render a scene's frames with numpy, straight into yuv420p (what the encoders take, so ffmpeg does no\ncolour conversion): a static background and textured moving sprites."""
+"""Render a scene's frames with numpy straight into yuv420p (what the encoders take, so ffmpeg does
+no colour conversion): a static background and textured moving sprites."""
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -25,7 +26,8 @@ def shape_mask(shape: str, side: int) -> np.ndarray:
     if shape == "ring":
         return (r2 <= 0.95 ** 2) & (r2 >= 0.55 ** 2)
     if shape == "cross":
-        return ((np.abs(u) <= 0.3) & (np.abs(v) <= 0.95)) | ((np.abs(v) <= 0.3) & (np.abs(u) <= 0.95))
+        bar_u, bar_v = np.abs(u) <= 0.3, np.abs(v) <= 0.3
+        return (bar_u & (np.abs(v) <= 0.95)) | (bar_v & (np.abs(u) <= 0.95))
     if shape == "diamond":
         return np.abs(u) + np.abs(v) <= 0.95
     raise ValueError(f"unknown shape {shape!r}")

@@ -138,7 +138,8 @@ class PretrainStep:
         weight = self.cfg.contrastive_weight * scale
         chunks = _chunks(item.size, self.cfg.contrastive_chunk)
         if len(chunks) == 1:
-            a, v = self.engine("contrastive", item.audio, item.visual, item.contrastive_masks, packed=self.cfg.packed)
+            a, v = self.engine("contrastive", self._dev(item.audio), self._dev(item.visual), item.contrastive_masks,
+                               packed=self.cfg.packed)
             loss, acc = self.engine("contrastive_loss", a, v)
             self.engine.backward(loss * weight)
         else:
@@ -152,8 +153,8 @@ class PretrainStep:
         with torch.no_grad():
             for sl in chunks:
                 rng_states.append(_rng_state(self.device))
-                a, v = self.engine("contrastive", item.audio[sl], item.visual[sl], item.contrastive_masks[sl],
-                                   packed=self.cfg.packed)
+                a, v = self.engine("contrastive", self._dev(item.audio[sl]), self._dev(item.visual[sl]),
+                                   item.contrastive_masks[sl], packed=self.cfg.packed)
                 parts_a.append(a.float())
                 parts_v.append(v.float())
         emb_a = torch.cat(parts_a).requires_grad_(True)
@@ -163,8 +164,8 @@ class PretrainStep:
         grad_a, grad_v = torch.autograd.grad(loss * weight, [emb_a, emb_v], retain_graph=learnable)
         for index, sl in enumerate(chunks):
             with _replayed_rng(rng_states[index], self.device):
-                a, v = self.engine("contrastive", item.audio[sl], item.visual[sl], item.contrastive_masks[sl],
-                                   packed=self.cfg.packed)
+                a, v = self.engine("contrastive", self._dev(item.audio[sl]), self._dev(item.visual[sl]),
+                                   item.contrastive_masks[sl], packed=self.cfg.packed)
             surrogate = (a.float() * grad_a[sl]).sum() + (v.float() * grad_v[sl]).sum()
             if learnable and index == len(chunks) - 1:
                 # The temperature's gradient: the loss graph ends at the detached embeddings.
@@ -176,8 +177,8 @@ class PretrainStep:
         chunk = self.cfg.reconstruction_chunk or self.cfg.contrastive_chunk
         for sl in _chunks(item.size, chunk):
             share = (sl.stop - sl.start) / item.size
-            out = self.engine("reconstruction", item.audio[sl], item.visual[sl], item.reconstruction_masks[sl],
-                              norm_pix_loss=self.cfg.norm_pix_loss)
+            out = self.engine("reconstruction", self._dev(item.audio[sl]), self._dev(item.visual[sl]),
+                              item.reconstruction_masks[sl], norm_pix_loss=self.cfg.norm_pix_loss)
             self.engine.backward(out["loss"] * (self.cfg.reconstruction_weight * scale * share))
             for key, name in (("loss", "loss_reconstruction"), ("loss_audio", "loss_rec_audio"),
                               ("loss_visual", "loss_rec_visual")):
@@ -193,10 +194,15 @@ class PretrainStep:
         self.engine.step()
 
     def to_inputs(self, batch: dict, masks: tuple[TokenMasks, TokenMasks]) -> StepInputs:
-        """A loader batch on this engine's device and dtype."""
-        audio = batch["audio"].to(self.device, dtype=self.dtype, non_blocking=True)
-        visual = batch["visual"].to(self.device, dtype=self.dtype, non_blocking=True)
+        """A loader batch for this engine. With gradient caching the inputs stay in host memory and
+        each chunk moves to the device when it runs, so device memory does not grow with the batch."""
+        audio, visual = batch["audio"], batch["visual"]
+        if not self.cfg.contrastive_chunk:
+            audio, visual = self._dev(audio), self._dev(visual)
         return StepInputs(audio, visual, masks[0].to(self.device), masks[1].to(self.device))
+
+    def _dev(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, dtype=self.dtype, non_blocking=True)
 
 
 def _engine_dtype(engine) -> torch.dtype:

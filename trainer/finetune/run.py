@@ -58,7 +58,7 @@ def create_finetune_engine(module, cfg: FinetuneConfig, world_size: int, device_
         model=module, model_parameters=[{k: v for k, v in g.items() if k != "name"} for g in groups],
         config=derive_deepspeed_config(cfg, world_size, device_type, load_universal))
     engine.train()
-    return engine, [g["lr_scale"] for g in groups]
+    return engine, [(g["name"], g["lr_scale"]) for g in groups]
 
 
 class _Run:
@@ -82,7 +82,7 @@ class _Run:
             point = self.checkpointer.prepare(point)
         self.model = build_finetune_model(cfg)
         self.model.set_grad_checkpointing(cfg.deepspeed.grad_checkpointing)
-        self.engine, scales = create_finetune_engine(FinetuneModule(self.model), cfg, ctx.world_size,
+        self.engine, self.groups = create_finetune_engine(FinetuneModule(self.model), cfg, ctx.world_size,
                                                      ctx.device_type, point is not None and point.universal)
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)
         mc = self.model.config
@@ -103,7 +103,8 @@ class _Run:
                                    f"resumes on the same number of ranks only")
             self.loader.load_state_dict(mine["loader"])
         self.resume_point = point
-        self.stepper = FinetuneStep(self.engine, HeadSchedule(cfg.heads.mix, cfg.seed), cfg.loss, scales)
+        self.stepper = FinetuneStep(self.engine, HeadSchedule(cfg.heads.mix, cfg.seed), cfg.loss,
+                                    [scale for _, scale in self.groups])
 
     # ------------------------------------------------------------------ loop
     def run(self) -> FinetuneSummary:
@@ -138,6 +139,7 @@ class _Run:
                     if step % cfg.log_every == 0 or step == self.max_steps:
                         record = meter.record(lr, self.engine.get_global_grad_norm())
                         record["epoch"] = step / self.steps_per_epoch
+                        record.update(self._group_lrs())
                         metrics.log(step, record)
                         bar.set_postfix(loss=f"{record['loss']:.3f}", refresh=False)
                     if step % self.steps_per_epoch == 0:
@@ -156,6 +158,13 @@ class _Run:
         model = self._finish(started) if stopped == "finished" else None
         return FinetuneSummary(step=self.state.step, epochs_done=self.state.step // self.steps_per_epoch,
                                stopped=stopped, model=str(model) if model else None, out_dir=cfg.out_dir)
+
+    def _group_lrs(self) -> dict[str, float]:
+        """The lr each part's optimizer group holds now: lr/backbone, lr/head, lr/fusion."""
+        out = {}
+        for (name, _), group in zip(self.groups, self.engine.optimizer.param_groups):
+            out.setdefault(f"lr/{name.split('/')[0]}", float(group["lr"]))
+        return out
 
     # ------------------------------------------------------------ epochs
     def _save(self) -> Path:

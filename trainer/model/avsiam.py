@@ -8,6 +8,17 @@ Every input mode is a short path through the same pieces:
     audio-visual head_av([mean(fused[:Na]); mean(fused[Na:])]), fused = fusion([feats_a; feats_v])
 Pretraining uses `contrastive_embeddings` (multi-ratio masks, sub-batches or one packed pass) and
 `reconstruction_loss` (75% masks -> encoder -> fusion -> MAE decoder).
+
+Where the paper and the official code differ, or the code has quirks, we chose:
+- no `x + norm_pre(x)` doubling (folded into imported official weights, see official.py);
+- fusion blocks start from the last two encoder blocks (official fine-tuning code; the pretraining
+  code copies block 11 twice) and, like the official code, use one (audio) norm pair for all tokens;
+- the reconstruction branch encodes audio with the shared blocks and audio norms (the Base code used
+  `ast_base`, an unreleased deep copy run with plain norms);
+- audio positions start from a 2D bilinear resize of the ViT grid (`audio_pos_init="sequence"`
+  gives the official 1D nearest resize); decoder positions start as 2D sin-cos and are trained
+  (official: zeros, trained); the decoder has 8 blocks as the Base code (the paper says 6);
+- LayerNorm eps 1e-5 in blocks and heads, 1e-6 in the final norms, as the official modules.
 """
 from __future__ import annotations
 
@@ -47,12 +58,13 @@ class AVSiam(nn.Module):
         # Fusion blocks start as copies of the last encoder blocks (the official fine-tuning code).
         last = list(trunk.blocks)[-cfg.fusion_depth:] if cfg.fusion_depth else []
         last = [last[0]] * (cfg.fusion_depth - len(last)) + last  # depth < fusion_depth: repeat the first
-        self.fusion = nn.ModuleList([fusion_block_from_timm(b, eps=cfg.block_norm_eps) for b in last])
+        fusion = [fusion_block_from_timm(b, eps=cfg.block_norm_eps) for b in last]
         self.blocks = nn.ModuleList([
             SiameseBlock.from_timm(b, eps=cfg.block_norm_eps, drop_path=rates[i], shared=cfg.share_backbone)
             for i, b in enumerate(trunk.blocks)])
         self.norm_a = copy_layer_norm(trunk.norm, trunk.norm.eps)
         self.norm_v = copy_layer_norm(trunk.norm, trunk.norm.eps)
+        self.fusion = nn.ModuleList(fusion)
         del trunk
         self.decoder = MAEDecoder(dim, cfg.decoder_embed_dim, cfg.decoder_num_blocks, cfg.decoder_num_heads,
                                   patch_size=spec.patch_size, audio_grid=cfg.audio_grid,
@@ -146,8 +158,13 @@ class AVSiam(nn.Module):
     def reconstruct(self, fbank: torch.Tensor, frames: torch.Tensor, masks: TokenMasks
                     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted pixels of every patch (audio [B, Na, p*p], visual [B, Nv, 3p*p]) from the kept tokens."""
-        kept_a = gather_tokens(self.tokens(audio=fbank), visible_indices(masks.audio, uniform_count(masks.audio, "audio")))
-        kept_v = gather_tokens(self.tokens(visual=frames), visible_indices(masks.visual, uniform_count(masks.visual, "visual")))
+        kept = []
+        for tokens, mask, name in ((self.tokens(audio=fbank), masks.audio, "audio"),
+                                   (self.tokens(visual=frames), masks.visual, "visual")):
+            if mask.shape != tokens.shape[:2]:
+                raise ValueError(f"{name} mask shape {tuple(mask.shape)} does not match tokens {tuple(tokens.shape[:2])}")
+            kept.append(gather_tokens(tokens, visible_indices(mask, uniform_count(mask, name))))
+        kept_a, kept_v = kept
         fused = self.fuse(self.encode(kept_a, "a"), self.encode(kept_v, "v"))
         num_a = kept_a.shape[1]
         return self.decoder(fused[:, :num_a], fused[:, num_a:], masks.audio, masks.visual)
@@ -196,15 +213,19 @@ class AVSiam(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "AVSiam":
-        """A model saved by `save` (or `avsiam convert`/`export`); overrides change config fields."""
+        """A model saved by `save` (or `avsiam convert`/`export`); overrides change config fields
+        (shape-free ones such as drop_path_rate; a different num_classes gives fresh heads)."""
         state, metadata = load_state_dict_file(path, with_metadata=True)
         if CONFIG_METADATA_KEY not in metadata:
             raise ValueError(f"{path}: no {CONFIG_METADATA_KEY!r} metadata; not written by avsiam "
                              "(official checkpoints load with AVSiam.from_official)")
+        num_classes = overrides.pop("num_classes", None)
         cfg = AVSiamConfig.from_json(metadata[CONFIG_METADATA_KEY], **overrides)
         fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
         model = cls(cfg.size, cfg.num_classes, **fields)
         model.load_state_dict(state)
+        if num_classes is not None and num_classes != cfg.num_classes:  # fresh heads for another label set
+            model.reset_classifier(num_classes)
         return model
 
     @classmethod

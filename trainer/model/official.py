@@ -174,8 +174,9 @@ def infer_geometry(state: Mapping[str, torch.Tensor], patch_size: int, mel_bins:
         side = int(round((state["vit_base.pos_embed"].shape[1] - 1) ** 0.5))
         fields["image_size"] = side * patch_size
     if "vit_base.pos_embed_a" in state:
-        rows = mel_bins // patch_size
-        fields["audio_frames"] = state["vit_base.pos_embed_a"].shape[1] // rows * patch_size
+        cols = state["vit_base.pos_embed_a"].shape[1] // (mel_bins // patch_size)
+        if cols != 1024 // patch_size:  # keep the default 1024 frames when they give this grid
+            fields["audio_frames"] = cols * patch_size
     fusion = {int(m.group(1)) for k in state if (m := re.match(r"mm_layer_(\d+)\.", k))}
     if fusion:
         fields["fusion_depth"] = max(fusion)

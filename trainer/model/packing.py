@@ -46,6 +46,8 @@ def split_by_count(mask: torch.Tensor) -> list[tuple[torch.Tensor, int]]:
     """[(sample indices, kept count)] for each distinct kept count, largest count first."""
     counts = keep_counts(mask)
     values = torch.unique(counts).tolist()
+    if values[0] == 0:
+        raise ValueError("a mask drops every token of a sample; keep at least one token per sample")
     return [(torch.nonzero(counts == c).squeeze(1), int(c)) for c in sorted(values, reverse=True)]
 
 
@@ -124,6 +126,7 @@ class PackPlan:
         """packed [R, C, D] -> [B, D]: the mean of each sample's tokens."""
         dim = packed.shape[-1]
         target = torch.where(self.sample >= 0, self.sample, self.batch_size).flatten()
-        sums = packed.new_zeros(self.batch_size + 1, dim).index_add(0, target, packed.reshape(-1, dim))
-        counts = torch.bincount(target, minlength=self.batch_size + 1).to(packed.dtype)
-        return sums[: self.batch_size] / counts[: self.batch_size, None].clamp(min=1)
+        flat = packed.reshape(-1, dim).to(torch.promote_types(packed.dtype, torch.float32))  # >= fp32 sums
+        sums = flat.new_zeros(self.batch_size + 1, dim).index_add(0, target, flat)
+        counts = torch.bincount(target, minlength=self.batch_size + 1).to(flat.dtype)
+        return (sums[: self.batch_size] / counts[: self.batch_size, None].clamp(min=1)).to(packed.dtype)

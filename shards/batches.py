@@ -1,0 +1,119 @@
+"""Stage `finish`: rows -> a batch: count bad rows -> fill -> collate -> mixup -> SpecAugment ->
+normalise -> noise -> roll (the CAV-MAE order, see transforms.py).
+
+Batch fields: audio [B, F, 128] float32, visual [B, 3, S, S] (or [B, N, 3, S, S]) float32, labels,
+keys, valid [B] bool (False: the row is a stand-in for a bad sample, or eval padding), audio_valid
+[B] (real fbank rows before padding), source [B] (dataset index), skipped {reason: count} for this
+batch, lane, lane_batch; mix_lambda / mix_partner [B] with mixup.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import get_worker_info
+
+from .augment import apply_mixup, mixup_pairs, spec_augment
+from .config import LoaderConfig
+from .errors import SkipCounter
+from .format import NUM_MEL_BINS
+from .rows import BadRow
+from .shardlists import TAG_BATCH, rng_for
+from .transforms import (add_noise, label_target, normalise_fbank, normalise_frames, place_fbank,
+                         roll_time)
+
+
+class BatchFinisher:
+    """Stage: (k, rows, rngs, spare) -> batch dict."""
+
+    def __init__(self, cfg: LoaderConfig, norm, epoch: int, lane: int, counter: SkipCounter):
+        self.cfg, self.counter, self.lane = cfg, counter, lane
+        self.batch_seed = (cfg.seed, epoch, TAG_BATCH, cfg.rank, lane)
+        self.mean = torch.tensor([m for m, _ in norm], dtype=torch.float32)
+        self.std = torch.tensor([s for _, s in norm], dtype=torch.float32)
+
+    def __call__(self, groups):
+        for k, rows, rngs, spare in groups:
+            yield self.finish(k, rows, rngs, spare)
+
+    def finish(self, k: int, rows: list, rngs: list, spare: dict | None) -> dict:
+        cfg = self.cfg
+        for row in rows:
+            if isinstance(row, BadRow):
+                self.counter.record(row.error, row.where)
+        rows = [r if isinstance(r, dict) else None for r in rows]
+        valid = torch.tensor([r is not None for r in rows])
+        if cfg.mode != "eval":
+            rows = fill_bad(rows, spare)
+        batch = collate(rows, cfg)
+        batch["valid"] = valid
+        live = [r if r is not None else np.random.default_rng(0) for r in rngs]
+        if cfg.mixup > 0:
+            pairs = mixup_pairs(len(rows), cfg.mixup, cfg.mixup_alpha, rng_for(*self.batch_seed, k))
+            apply_mixup(batch, pairs)
+        if cfg.freqm or cfg.timem:
+            spec_augment(batch["audio"], cfg.freqm, cfg.timem, live)
+        normalise_fbank(batch["audio"], batch["audio_valid"], self.mean[batch["source"]],
+                        self.std[batch["source"]], cfg.norm_order)
+        if cfg.noise:
+            add_noise(batch["audio"], live)
+        if cfg.roll:
+            roll_time(batch["audio"], live)
+        if cfg.mode == "eval":
+            batch["audio"][~valid] = 0.0
+            batch["visual"][~valid] = 0.0
+        batch.update(skipped=self.counter.take_delta(), lane=self.lane, lane_batch=k)
+        return batch
+
+
+def fill_bad(rows: list, spare: dict | None) -> list:
+    """Training: each bad row takes a copy of the next good row of its batch (cyclically), or of
+    `spare` when the batch has none."""
+    good = [i for i, r in enumerate(rows) if r is not None]
+    if len(good) == len(rows):
+        return rows
+    if not good:
+        return [spare] * len(rows)
+    return [row if row is not None else rows[next((g for g in good if g > i), good[0])]
+            for i, row in enumerate(rows)]
+
+
+def collate(rows: list, cfg: LoaderConfig) -> dict:
+    """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded, frames normalised.
+
+    Inside a DataLoader worker the big tensors are made in shared memory, so handing the batch to
+    the main process copies nothing."""
+    size = len(rows)
+    n_frames = cfg.num_frames if cfg.frames == "all" else 1
+    shared = get_worker_info() is not None
+    audio = _empty((size, cfg.audio_frames, NUM_MEL_BINS), torch.float32, shared)
+    frames = torch.empty((size, n_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    valid = torch.zeros(size, dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row is None:
+            frames[i].zero_()
+            audio[i].zero_()
+            continue
+        valid[i] = place_fbank(audio[i], row["fbank"])
+        for j, frame in enumerate(row["frames"]):
+            frames[i, j] = frame
+    visual = normalise_frames(frames, out=_empty(frames.shape, torch.float32, shared))
+    blank = label_target([], cfg.num_classes, cfg.label_type, 0.0)
+    if isinstance(blank, torch.Tensor):
+        blank = torch.zeros_like(blank)
+    labels = [row["labels"] if row else blank for row in rows]
+    if cfg.num_classes is not None:
+        labels = torch.stack(labels) if cfg.label_type == "multi_hot" \
+            else torch.tensor(labels, dtype=torch.long)
+    return {
+        "audio": audio,
+        "audio_valid": valid,
+        "visual": visual if cfg.frames == "all" else visual[:, 0],
+        "labels": labels,
+        "keys": [row["key"] if row else "" for row in rows],
+        "source": torch.tensor([row["source"] if row else 0 for row in rows], dtype=torch.long),
+    }
+
+
+def _empty(shape, dtype, shared: bool) -> torch.Tensor:
+    out = torch.empty(shape, dtype=dtype)
+    return out.share_memory_() if shared else out
