@@ -5,14 +5,17 @@ Speed: both loaders run in ONE DataLoader worker process (torch threads 1) on th
 same run: ours reads the shards `avsiam shard` wrote from them (resampled, so the epoch can be longer
 than the clip set; OS cache warm), the baseline (bench/loader_baseline.py) runs ffmpeg and the Kaldi
 fbank on each mp4 per sample. Reported per repeat: samples/s of wall time from the first batch to the
-last (worker start-up excluded), and samples per CPU-second counting the worker and everything it
-started (ffmpeg included) = samples/s per core. Median of --repeats.
+last (worker start-up excluded); samples per CPU-second of the worker process and everything it
+started (ffmpeg included) over the whole run (start-up and our shuffle-buffer fill included) =
+samples/s per core of a worker; the same counting the main process too; ours with
+output_dtype="bfloat16" (half the bytes handed over); and ours in the main process (num_workers=0,
+nothing handed over: the decoding cost alone). Median of --repeats.
 
 Balance: AudioSet-like Zipf label counts over --classes labels; the streaming repeat rule of
 shards.balance.BalanceRepeat over a pass of the data vs torch's WeightedRandomSampler drawing as many
 samples with the CAV-MAE weights; total-variation distance between their label distributions.
 
-    .venv/bin/python bench/bench_loader.py --clips 48 --samples 3000 --repeats 3
+    .venv/bin/python bench/bench_loader.py --clips 48 --samples 6000 --repeats 3
 """
 from __future__ import annotations
 
@@ -34,28 +37,31 @@ from shards.balance import BalanceRepeat, label_weights, mean_sample_weight, sam
 from shards.loader import make_loader  # noqa: E402
 
 
-def cpu_seconds() -> float:
-    """CPU of this process plus all finished children (DataLoader workers and their ffmpeg)."""
+def cpu_seconds() -> tuple[float, float]:
+    """(CPU of this process, CPU of all finished children: DataLoader workers and their ffmpeg)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    return own.ru_utime + own.ru_stime, kids.ru_utime + kids.ru_stime
 
 
 def worker_init(_):
     torch.set_num_threads(1)
 
 
-def timed(batches) -> tuple[int, float, float]:
-    """(samples after the first batch, wall seconds, CPU seconds) of iterating `batches`."""
-    cpu0 = cpu_seconds()
+def timed(batches) -> dict:
+    """Samples, wall seconds after the first batch, and CPU seconds of the whole run: the worker
+    process (and what it started) and the main process, for all samples."""
+    main0, workers0 = cpu_seconds()
     it = iter(batches)
-    first = next(it)
+    total = len(next(it)["audio"])
     start, count = time.perf_counter(), 0
     for batch in it:
         count += len(batch["audio"])
     wall = time.perf_counter() - start
-    del it
-    return count, wall, cpu_seconds() - cpu0, len(first["audio"])
+    del it, batch
+    main1, workers1 = cpu_seconds()
+    return {"samples": count, "wall_s": wall, "all_samples": total + count,
+            "worker_cpu_s": workers1 - workers0, "main_cpu_s": main1 - main0}
 
 
 def prepare(work: Path, clips: int) -> tuple[Path, list[str]]:
@@ -75,11 +81,19 @@ def prepare(work: Path, clips: int) -> tuple[Path, list[str]]:
     return shards, sorted(str(p) for p in (work / "synth" / "videos").glob("*.mp4"))
 
 
-def run_ours(shards: Path, samples: int, batch: int, seed: int) -> dict:
+def run_ours(shards: Path, samples: int, batch: int, seed: int, dtype: str = "float32") -> dict:
     loader = make_loader(str(shards), mode="pretrain", batch_size=batch, num_workers=1, seed=seed,
+                         resampled=True, samples_per_epoch=samples, output_dtype=dtype)
+    return timed(loader)
+
+
+def in_process_rate(shards: Path, samples: int, batch: int, seed: int) -> float:
+    """Samples per CPU-second of our loader with num_workers=0 (no hand-over to another process)."""
+    loader = make_loader(str(shards), mode="pretrain", batch_size=batch, num_workers=0, seed=seed,
                          resampled=True, samples_per_epoch=samples)
-    count, wall, cpu, _ = timed(loader)
-    return {"samples": count, "wall_s": wall, "cpu_s": cpu}
+    start = time.process_time()
+    count = sum(len(b["audio"]) for b in loader)
+    return count / (time.process_time() - start)
 
 
 def run_baseline(videos: list[str], batch: int, seed: int) -> dict:
@@ -87,8 +101,7 @@ def run_baseline(videos: list[str], batch: int, seed: int) -> dict:
     data = AVSiamStyleClips(videos)
     loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, num_workers=1,
                                          worker_init_fn=worker_init, persistent_workers=False)
-    count, wall, cpu, _ = timed(loader)
-    return {"samples": count, "wall_s": wall, "cpu_s": cpu}
+    return timed(loader)
 
 
 def speed(args) -> dict:
@@ -96,13 +109,16 @@ def speed(args) -> dict:
     rows = []
     for r in range(args.repeats):
         ours = run_ours(shards, args.samples, args.batch, seed=r)
+        ours_bf16 = run_ours(shards, args.samples, args.batch, seed=r, dtype="bfloat16")
         base = run_baseline(videos, args.baseline_batch, seed=r)
-        row = {"ours_per_s": ours["samples"] / ours["wall_s"],
-               "ours_per_cpu_s": ours["samples"] / ours["cpu_s"],
-               "base_per_s": base["samples"] / base["wall_s"],
-               "base_per_cpu_s": base["samples"] / base["cpu_s"]}
-        row["ratio_wall"] = row["ours_per_s"] / row["base_per_s"]
-        row["ratio_cpu"] = row["ours_per_cpu_s"] / row["base_per_cpu_s"]
+        row = {}
+        for name, run in (("ours", ours), ("ours_bf16", ours_bf16), ("base", base)):
+            row[f"{name}_per_s"] = run["samples"] / run["wall_s"]
+            row[f"{name}_per_worker_cpu_s"] = run["all_samples"] / run["worker_cpu_s"]
+            row[f"{name}_per_cpu_s"] = run["all_samples"] / (run["worker_cpu_s"] + run["main_cpu_s"])
+        for key in ("per_s", "per_worker_cpu_s", "per_cpu_s"):
+            row[f"ratio_{key}"] = row[f"ours_{key}"] / row[f"base_{key}"]
+        row["ours_in_process_per_cpu_s"] = in_process_rate(shards, args.samples, args.batch, r)
         rows.append(row)
         print(json.dumps({"repeat": r, **{k: round(v, 2) for k, v in row.items()}}), flush=True)
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]}
@@ -156,7 +172,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", default="runs/bench_loader", help="clips and shards (reused)")
     parser.add_argument("--clips", type=int, default=48)
-    parser.add_argument("--samples", type=int, default=3000, help="samples our loader streams")
+    parser.add_argument("--samples", type=int, default=6000, help="samples our loader streams")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--baseline-batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)

@@ -6,6 +6,8 @@ InfoNCE), or with `--workload step` the contrastive plus the reconstruction bran
 Variants run interleaved, round by round, on the same inputs and masks; the figure per variant is the
 median samples/s over the rounds, with its ratio to the baseline (shared backbone, sub-batches: what
 the official code does) measured in the same run. On CUDA, peak memory per variant is reported too.
+Samples per CPU-second (time.process_time) are reported beside wall-clock samples/s: with --threads 1
+on a shared CPU they count only the time this process computed.
 
     .venv/bin/python bench/bench_model.py --size tiny --batch 20
     .venv/bin/python bench/bench_model.py --size base --batch 5 --repeats 3
@@ -70,14 +72,15 @@ def _step(model: AVSiam, loss_fn: ContrastiveLoss, inputs: dict, packed: bool, w
     model.zero_grad(set_to_none=True)
 
 
-def _timed(fn, device) -> float:
+def _timed(fn, device) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def run(cfg: BenchConfig) -> dict:
@@ -100,23 +103,30 @@ def run(cfg: BenchConfig) -> dict:
     }
     loss_fn = ContrastiveLoss().to(device)
     times = {name: [] for name in VARIANTS}
+    cpu_times = {name: [] for name in VARIANTS}
     peak = {}
     for round_index in range(cfg.warmup + cfg.repeats):
         for name, (share, packed) in VARIANTS.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            seconds = _timed(lambda: _step(models[share], loss_fn, inputs, packed, cfg.workload, device), device)
+            seconds, cpu_seconds = _timed(lambda: _step(models[share], loss_fn, inputs, packed, cfg.workload, device), device)
             if device.type == "cuda":
                 peak[name] = torch.cuda.max_memory_allocated(device) / 2**30
             if round_index >= cfg.warmup:
                 times[name].append(seconds)
+                cpu_times[name].append(cpu_seconds)
             print(f"round {round_index} {name:<20} {cfg.batch / seconds:8.2f} samples/s", file=sys.stderr)
     base = statistics.median(times[BASELINE])
+    base_cpu = statistics.median(cpu_times[BASELINE])
     results = {}
     for name, values in times.items():
-        median = statistics.median(values)
+        median, median_cpu = statistics.median(values), statistics.median(cpu_times[name])
         results[name] = {"samples_per_s": cfg.batch / median, "median_s": median, "runs_s": values,
-                         "speed_vs_baseline": base / median, **({"peak_gib": peak[name]} if name in peak else {})}
+                         "speed_vs_baseline": base / median,
+                         # CPU time of this process: on a shared CPU it ignores time spent waiting
+                         "samples_per_cpu_s": cfg.batch / median_cpu, "cpu_runs_s": cpu_times[name],
+                         "cpu_speed_vs_baseline": base_cpu / median_cpu,
+                         **({"peak_gib": peak[name]} if name in peak else {})}
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
     return {"config": asdict(cfg), "machine": machine, "torch": torch.__version__, "baseline": BASELINE,
@@ -136,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
     report = run(BenchConfig(**args))
     print(f"{report['machine']}; size {report['config']['size']}, batch {report['config']['batch']}, "
           f"workload {report['config']['workload']}, median of {report['config']['repeats']} rounds")
-    print(f"{'variant':<20}{'samples/s':>12}{'vs baseline':>13}{'peak GiB':>10}")
+    print(f"{'variant':<20}{'samples/s':>12}{'vs baseline':>13}{'samples/CPU-s':>15}{'vs baseline':>13}{'peak GiB':>10}")
     for name, r in report["results"].items():
         peak = f"{r['peak_gib']:.2f}" if "peak_gib" in r else "-"
-        print(f"{name:<20}{r['samples_per_s']:>12.2f}{r['speed_vs_baseline']:>12.2f}x{peak:>10}")
+        print(f"{name:<20}{r['samples_per_s']:>12.2f}{r['speed_vs_baseline']:>12.2f}x"
+              f"{r['samples_per_cpu_s']:>15.2f}{r['cpu_speed_vs_baseline']:>12.2f}x{peak:>10}")
     if out:
         out.write_text(json.dumps(report, indent=2))
     return 0

@@ -3,7 +3,7 @@
     avsiam submit shard --array 64 --cpus-per-task 16 --time 12:00:00 -- \\
         --manifest balanced.csv --labels class_labels_indices.csv --videos clips/ --out shards/
     avsiam submit pretrain --nodes 8 --gpus-per-node 8 --cpus-per-task 64 --time 2-00:00:00 -- \\
-        --config trainer/configs/large.yaml out=runs/large
+        --config avsiam_large out_dir=runs/large data.train=shards/
 
 Prints the job id on stdout (so `jid=$(avsiam submit ...)` works); `--dry-run` prints the script and
 submits nothing. Arguments after `--` go to `avsiam shard` / `avsiam pretrain` inside the job.
@@ -122,7 +122,8 @@ def main(args: argparse.Namespace) -> int:
         return 1
     print(job_id)
     log = job.sbatch.output.replace("%x", job.sbatch.job_name).replace("%j", job_id)
+    log = log.replace("%A", job_id).replace("%a", "*")
     print(f"submitted {job.kind} job {job_id}: watch with `squeue -j {job_id}` and "
-          f"`tail -f {log.replace('%A', job_id)}`; cancel with `scancel {job_id}`", file=sys.stderr)
+          f"`tail -f {log}`; cancel with `scancel {job_id}`", file=sys.stderr)
     print(f"arguments inside the job: {shlex.join(job.job_args) or '(none)'}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ gets an exception that says which limit was hit. Outputs other than stdout go th
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
 import selectors
@@ -56,6 +57,15 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def _grow_pipe(fd: int, expected: int) -> None:
+    """Let the pipe hold up to 1 MiB (Linux), so the child rarely waits for us to read: fewer
+    context switches, and no stalls when the machine is busy."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(expected, 65536), 1 << 20))
+    except (AttributeError, OSError):
+        pass
+
+
 def _limit_memory(proc: subprocess.Popen, memory_mb: int) -> None:
     """RLIMIT_AS of the running child, set from outside (prlimit) so that Popen can use vfork:
     a preexec_fn would force a full fork of a worker holding torch, ~100 ms per call. Popen
@@ -83,6 +93,7 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
         for name in outputs:
             if name != STDOUT:
                 extra[name] = os.pipe()
+                _grow_pipe(extra[name][0], outputs[name])
         urls = {name: "pipe:1" if name == STDOUT else f"pipe:{extra[name][1]}" for name in outputs}
         command = build_command(urls)
         proc = subprocess.Popen(
@@ -90,6 +101,8 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
             stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
             stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()))
         _limit_memory(proc, memory_mb)
+        if proc.stdout is not None:
+            _grow_pipe(proc.stdout.fileno(), outputs[STDOUT])
     finally:
         for _, w in extra.values():
             os.close(w)
@@ -115,11 +128,13 @@ def _collect(proc: subprocess.Popen, extra_fds: dict[str, int], limits: Mapping[
     for name, fd in fds.items():
         os.set_blocking(fd, False)
         selector.register(fd, selectors.EVENT_READ, name)
-    peak_kb = 0
+    peak_kb, next_sample = 0, 0.0
     try:
         while selector.get_map():
-            peak_kb = max(peak_kb, _peak_rss_kb(proc.pid))
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if now >= next_sample:
+                peak_kb, next_sample = max(peak_kb, _peak_rss_kb(proc.pid)), now + _SAMPLE_S
+            remaining = deadline - now
             if remaining <= 0:
                 _kill(proc)
                 raise ProcessTimeout(timeout_s, _tail(buffers[_STDERR], stderr_max))

@@ -35,7 +35,8 @@ class Vocabulary:
         return self._index.get(label)
 
     def indices(self, labels: tuple[str, ...]) -> tuple[int, ...]:
-        return tuple(self._index[label] for label in labels)
+        """Class indices of `labels`; KeyError for a label not in the vocabulary."""
+        return tuple(map(self._index.__getitem__, labels))
 
     def unknown(self, labels) -> list[str]:
         return [label for label in labels if label not in self._index]

@@ -119,18 +119,27 @@ def read_manifest(manifest: str | Path | None, kind: str = "auto", *, videos: st
 
 
 def read_audioset(path: Path) -> Manifest:
-    out = Manifest("audioset")
+    ids, starts, ends, labels = [], [], [], []
     with open(path, encoding="utf-8-sig", newline="") as handle:
         for line_no, fields in enumerate(csv.reader(handle, skipinitialspace=True), 1):
             if not fields or fields[0].startswith("#") or not "".join(fields).strip():
                 continue
-            where = f"{path}:{line_no}"
             if len(fields) < 4:
-                raise ManifestError(f"{where}: expected 'YTID, start_seconds, end_seconds, "
-                                    f"\"labels\"', got {len(fields)} fields")
-            out.add(fields[0].strip(), None, _seconds(fields[1], where), _seconds(fields[2], where),
-                    _split_labels(",".join(fields[3:])))
-    return out
+                raise ManifestError(f"{path}:{line_no}: expected 'YTID, start_seconds, "
+                                    f"end_seconds, \"labels\"', got {len(fields)} fields")
+            try:  # fast path; _seconds gives the precise error
+                start, end = float(fields[1]), float(fields[2])
+                if not (0.0 <= start < math.inf and 0.0 <= end < math.inf):
+                    raise ValueError
+            except ValueError:
+                start = _seconds(fields[1], f"{path}:{line_no}")
+                end = _seconds(fields[2], f"{path}:{line_no}")
+            ids.append(fields[0].strip())
+            starts.append(start)
+            ends.append(end)
+            text = fields[3] if len(fields) == 4 else ",".join(fields[3:])
+            labels.append(tuple(filter(None, map(str.strip, text.split(",")))))
+    return Manifest("audioset", ids, [None] * len(ids), starts, ends, labels, [None] * len(ids))
 
 
 def read_vggsound(path: Path) -> Manifest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -96,17 +97,38 @@ def _number(value: float | None):
     return int(value) if float(value).is_integer() else value
 
 
+class TemplateRenderer:
+    """Renders `--template` for a row: fields {ytid} {id} {start} {end} {start_ms} {end_ms}."""
+
+    def __init__(self, template: str):
+        self.template = template
+        self._fields = {name.split(".")[0].split("[")[0]
+                        for _, name, _, _ in string.Formatter().parse(template) if name}
+
+    def __call__(self, source_id: str, start: float | None, end: float | None) -> str:
+        fields = self._fields
+        values = {}
+        if "ytid" in fields or "id" in fields:
+            values["ytid"] = values["id"] = source_id
+        if "start" in fields:
+            values["start"] = _number(start)
+        if "end" in fields:
+            values["end"] = _number(end)
+        if "start_ms" in fields:
+            values["start_ms"] = None if start is None else int(round(start * 1000))
+        if "end_ms" in fields:
+            values["end_ms"] = None if end is None else int(round(end * 1000))
+        try:
+            return self.template.format_map(values)
+        except (KeyError, ValueError, TypeError, IndexError) as exc:
+            raise ManifestError(f"--template {self.template!r} does not fit row {source_id!r} "
+                                f"(start={start}, end={end}): {exc!r}") from None
+
+
 def render_template(template: str, source_id: str, start: float | None,
                     end: float | None) -> str:
     """The file name of a row under --videos (extension alternatives come from `candidates`)."""
-    fields = dict(ytid=source_id, id=source_id, start=_number(start), end=_number(end),
-                  start_ms=None if start is None else int(round(start * 1000)),
-                  end_ms=None if end is None else int(round(end * 1000)))
-    try:
-        return template.format(**fields)
-    except (KeyError, ValueError, TypeError, IndexError) as exc:
-        raise ManifestError(f"--template {template!r} does not fit row {source_id!r} "
-                            f"(start={start}, end={end}): {exc}") from None
+    return TemplateRenderer(template)(source_id, start, end)
 
 
 def candidates(name: str, extensions: tuple[str, ...]) -> tuple[str, ...]:
@@ -145,23 +167,31 @@ def unique_keys(source_ids: list[str], starts: list[float | None]) -> list[str]:
 
 def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanParams,
                clip_params: ClipParams, params_hash: str) -> Plan:
-    unknown = sorted({label for labels in manifest.labels for label in vocabulary.unknown(labels)})
-    if unknown:
-        raise ManifestError(f"{len(unknown)} label(s) of the manifest are not in {vocabulary.source}"
-                            f" (e.g. {', '.join(unknown[:5])}); pass the matching --labels file")
+    try:
+        label_indices = [vocabulary.indices(labels) for labels in manifest.labels]
+    except KeyError:
+        unknown = sorted({label for labels in manifest.labels
+                          for label in vocabulary.unknown(labels)})
+        raise ManifestError(f"{len(unknown)} label(s) of the manifest are not in "
+                            f"{vocabulary.source} (e.g. {', '.join(unknown[:5])}); pass the "
+                            f"matching --labels file") from None
     if len(manifest) == 0:
         raise ManifestError("the manifest has no rows (check --manifest, --select-split, --videos)")
     ends = [end if end is not None or plan_params.clip_seconds is None
             else (start or 0.0) + plan_params.clip_seconds
             for start, end in zip(manifest.starts, manifest.ends)]
-    names = [path or render_template(plan_params.template, source, start, end)
+    render = TemplateRenderer(plan_params.template)
+    names = [path or render(source, start, end)
              for source, path, start, end in zip(manifest.source_ids, manifest.paths,
                                                  manifest.starts, ends)]
     shards, shard, count, size = [], 0, 0, 0
+    costs: dict[float, int] = {}
     for start, end in zip(manifest.starts, ends):
         window = clip_params.max_window_seconds if end is None else \
             min(end - (start or 0.0), clip_params.max_window_seconds)
-        cost = worst_case_bytes(max(window, 0.0), clip_params)
+        cost = costs.get(window)
+        if cost is None:
+            cost = costs[window] = worst_case_bytes(max(window, 0.0), clip_params)
         if count and (count >= plan_params.samples_per_shard
                       or size + cost > plan_params.max_shard_bytes):
             shard, count, size = shard + 1, 0, 0
@@ -175,8 +205,7 @@ def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanPara
         "start": pa.array(manifest.starts, pa.float64()),
         "end": pa.array(ends, pa.float64()),
         "labels": pa.array(manifest.labels, pa.list_(pa.string())),
-        "label_indices": pa.array([vocabulary.indices(labels) for labels in manifest.labels],
-                                  pa.list_(pa.int32())),
+        "label_indices": pa.array(label_indices, pa.list_(pa.int32())),
         "shard": pa.array(shards, pa.int32()),
         "split": pa.array([plan_params.split] * len(manifest), pa.string()),
     })

@@ -95,7 +95,6 @@ class _Worker:
     task: ClipTask | None = None
     started: float = 0.0
     done: int = 0
-    ready: bool = False
 
 
 @dataclass
@@ -129,13 +128,22 @@ class WorkerPool:
         return sum(w.task is not None for w in self._workers)
 
     def submit(self, tag: object, task: ClipTask) -> None:
-        worker = next((w for w in self._workers if w.task is None), None)
-        if worker is None:
-            if len(self._workers) >= self.num_workers:
-                raise RuntimeError("submit() without an idle worker")
-            worker = self._start()
-        worker.conn.send((tag, task))
-        worker.tag, worker.task, worker.started = tag, task, time.monotonic()
+        """Give `task` to an idle worker (starting one if needed)."""
+        for _ in range(3):
+            worker = next((w for w in self._workers if w.task is None), None)
+            if worker is None:
+                if len(self._workers) >= self.num_workers:
+                    raise RuntimeError("submit() without an idle worker")
+                worker = self._start()
+            try:
+                worker.conn.send((tag, task))
+            except OSError:          # an idle worker died (e.g. OOM killer): replace it, retry
+                worker.process.join()
+                self._remove(worker)
+                continue
+            worker.tag, worker.task, worker.started = tag, task, time.monotonic()
+            return
+        raise RuntimeError("worker processes die on start; see the errors above")
 
     def wait(self, timeout: float) -> list[tuple[object, ClipResult | WorkerFailure]]:
         """Finished tasks (results or failures), waiting up to `timeout` seconds for one."""
@@ -186,7 +194,6 @@ class WorkerPool:
             except (EOFError, OSError):
                 return
             if message[0] == "ready":
-                worker.ready = True
                 self.usage.worker_base_kb = max(self.usage.worker_base_kb, message[1])
                 continue
             _, tag, result, hwm_kb, cpu_s = message

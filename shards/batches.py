@@ -1,12 +1,15 @@
 """Stage `finish`: rows -> a batch: count bad rows -> fill -> collate -> mixup -> SpecAugment ->
 normalise -> noise -> roll (the CAV-MAE order, see transforms.py).
 
-Batch fields: audio [B, F, 128] float32, visual [B, 3, S, S] (or [B, N, 3, S, S]) float32, labels,
+Batch fields: audio [B, F, 128], visual [B, 3, S, S] (or [B, N, 3, S, S]), both float32 (or
+`output_dtype`: computed in float32, handed over in bfloat16/float16, half the bytes), labels,
 keys, valid [B] bool (False: the row is a stand-in for a bad sample, or eval padding), audio_valid
 [B] (real fbank rows before padding), source [B] (dataset index), skipped {reason: count} for this
 batch, lane, lane_batch; mix_lambda / mix_partner [B] with mixup.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
@@ -61,6 +64,10 @@ class BatchFinisher:
         if cfg.mode == "eval":
             batch["audio"][~valid] = 0.0
             batch["visual"][~valid] = 0.0
+        if cfg.output_dtype != "float32":
+            dtype, shared = getattr(torch, cfg.output_dtype), get_worker_info() is not None
+            for name in ("audio", "visual"):
+                batch[name] = _empty(batch[name].shape, dtype, shared).copy_(batch[name])
         batch.update(skipped=self.counter.take_delta(), lane=self.lane, lane_batch=k)
         return batch
 
@@ -80,11 +87,11 @@ def fill_bad(rows: list, spare: dict | None) -> list:
 def collate(rows: list, cfg: LoaderConfig) -> dict:
     """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded, frames normalised.
 
-    Inside a DataLoader worker the big tensors are made in shared memory, so handing the batch to
-    the main process copies nothing."""
+    Inside a DataLoader worker the big float32 outputs are made in shared memory, so handing the
+    batch to the main process copies nothing (with another output_dtype, `finish` makes them)."""
     size = len(rows)
     n_frames = cfg.num_frames if cfg.frames == "all" else 1
-    shared = get_worker_info() is not None
+    shared = get_worker_info() is not None and cfg.output_dtype == "float32"
     audio = _empty((size, cfg.audio_frames, NUM_MEL_BINS), torch.float32, shared)
     frames = torch.empty((size, n_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
     valid = torch.zeros(size, dtype=torch.long)
@@ -115,5 +122,9 @@ def collate(rows: list, cfg: LoaderConfig) -> dict:
 
 
 def _empty(shape, dtype, shared: bool) -> torch.Tensor:
-    out = torch.empty(shape, dtype=dtype)
-    return out.share_memory_() if shared else out
+    """An uninitialised tensor, allocated directly in shared memory when `shared`."""
+    if not shared:
+        return torch.empty(shape, dtype=dtype)
+    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    storage = torch.UntypedStorage._new_shared(nbytes)
+    return torch.empty(0, dtype=dtype).set_(storage).view(shape)

@@ -51,7 +51,8 @@ class LoaderConfig:
     frames: str | int | None = None  # random | middle | all | a fixed frame index
     num_frames: int | None = None    # frames stored per clip (for "all" and eval padding)
     # --- labels
-    num_classes: int | None = None   # vocabulary size; None: labels as lists of indices
+    num_classes: int | None = None   # vocabulary size (finetune/eval default: dataset.json);
+    #                                 None: labels as lists of label indices
     label_type: str = "multi_hot"    # multi_hot (float [B, C], soft with smoothing/mixup) | index
     label_smoothing: float | None = None
     mixup: float | None = None       # probability a sample is mixed with another of its batch
@@ -67,6 +68,8 @@ class LoaderConfig:
     allow_pipe: bool = False         # accept pipe: URLs given directly (they run a shell command)
     prefetch_factor: int = 2         # batches in flight per worker
     pin_memory: bool = False
+    output_dtype: str = "float32"    # audio/visual as handed out: float32 | bfloat16 | float16
+    #                                  (computed in float32 either way; half the bytes to move)
     on_error: str = "skip"           # skip (count + rate-limited warning) | raise
 
     def __post_init__(self) -> None:
@@ -77,6 +80,8 @@ class LoaderConfig:
         _positive("audio_frames", self.audio_frames)
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be an integer >= 0, got {self.seed!r}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.lanes is not None:
@@ -91,6 +96,8 @@ class LoaderConfig:
         if self.frames is not None and not isinstance(self.frames, int) \
                 and self.frames not in ("random", "middle", "all"):
             raise ValueError(f"frames must be random, middle, all or an index, not {self.frames!r}")
+        if self.output_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"output_dtype must be float32, bfloat16 or float16, not {self.output_dtype!r}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be skip or raise, not {self.on_error!r}")
         if self.fbank_std is not None and self.fbank_std <= 0:

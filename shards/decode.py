@@ -104,10 +104,12 @@ def frame_count(sample: dict) -> int:
     return len(indices)
 
 
-def require_members(sample: dict) -> None:
-    """The raw sample has the members every mode needs and no duplicate member."""
+def require_members(sample: dict, frames: list[int] | None = None) -> None:
+    """The raw sample has the members every mode needs (frame 0, or the frames picked while reading)
+    and no duplicate member."""
     if sample.get("__duplicate__"):
         raise BadSample("duplicate_member", f"member .{sample['__duplicate__']} appears twice")
-    for suffix in (FBANK_SUFFIX, frame_suffix(0), META_SUFFIX):
+    wanted = [frame_suffix(i) for i in (frames if frames is not None else [0])]
+    for suffix in (FBANK_SUFFIX, *wanted, META_SUFFIX):
         if suffix not in sample:
             raise BadSample("missing_member", f"member .{suffix} is missing")

@@ -7,7 +7,10 @@ commands (already allowed by `sources.check_url`) are read with plain webdataset
 KEY.json); any other member, a `.pyd`, `.pickle` or `.pth` included, is skipped by name and its bytes
 are never kept, so nothing else can be decoded later.
 
-A raw sample is a dict {"__key__", "__url__", "__source__", "__nbytes__", suffix: bytes, ...}.
+When one frame is used (a random one in training, a fixed index), only candidate frame members are
+read and one is kept (`MemberFilter`): most of a 10-frame sample's JPEG bytes are never read and
+none of the unused ones are buffered. A raw sample is a dict {"__key__", "__url__", "__source__",
+"__nbytes__", suffix: bytes, ...} plus "__video__" and "__frames__" (the kept frame) then.
 An END_OF_PASS in the shard sequence becomes a {"__flush__": True} marker for the shuffle buffer.
 Shard-level failures (unreadable, truncated, fewer samples than its record says) become one error
 item {"__error__": reason, "__message__": ..., "__url__": ...} in the stream: it takes a position like
@@ -16,12 +19,12 @@ a sample, so it is counted exactly once, at decode time, and replays identically
 from __future__ import annotations
 
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 from webdataset.gopen import Pipe
 from webdataset.tariterators import base_plus_ext, reraise_exception, tar_file_iterator
 
-from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX
+from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX, frame_suffix
 from .shardlists import END_OF_PASS
 from .sources import ShardRef
 from .tarscan import tar_file_members
@@ -49,34 +52,80 @@ def open_pipe(url: str):
 
 
 def has_both_modalities(sample: dict) -> bool:
-    return FBANK_SUFFIX in sample and FIRST_FRAME in sample
+    return FBANK_SUFFIX in sample and sample.get("__video__", FIRST_FRAME in sample)
 
 
-def tar_members(url: str) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the format members of a tar, in order (local file or allowed pipe:)."""
+class MemberFilter:
+    """Which members are read: the format's, and of a sample's frames only one when `pick` is set.
+
+    pick = ("index", i): frame i only. pick = ("random", rng): one frame uniformly at random among
+    the frames the sample has, chosen while streaming (reservoir of one: the k-th frame member
+    replaces the kept one with probability 1/k; about 3 of 10 frames are read). The draws happen in
+    tar order from a generator the caller seeds, so reading the same shards again replays them."""
+
+    def __init__(self, pick: tuple | None = None):
+        self.pick = pick
+        self.seen: dict[str, int] = {}          # key -> frame members seen so far
+        self.chosen: dict[str, int] = {}        # key -> kept frame, until `finish` takes it
+
+    def __call__(self, fname: str) -> bool:
+        if not is_format_member(fname):
+            return False
+        key, suffix = base_plus_ext(fname)
+        match = FRAME_SUFFIX_RE.match(suffix)
+        if match is None or self.pick is None:
+            return True
+        index = int(match.group("i"))
+        self.seen[key] = count = self.seen.get(key, 0) + 1
+        kind, value = self.pick
+        take = index == value if kind == "index" else value.random() * count < 1.0
+        if take:
+            self.chosen[key] = index
+        return take
+
+    def finish(self, sample: dict) -> dict:
+        """On a grouped sample: keep only the chosen frame, note whether it had frames at all."""
+        if self.pick is not None:
+            key = sample["__key__"]
+            had_frames = self.seen.pop(key, 0) > 0
+            frame = self.chosen.pop(key, None)
+            for name in [k for k in sample if FRAME_SUFFIX_RE.match(k) and k != frame_suffix(frame)]:
+                sample["__nbytes__"] -= len(sample.pop(name))
+            sample["__video__"] = had_frames
+            sample["__frames__"] = [frame if frame is not None else self.pick[1]
+                                    if self.pick[0] == "index" else 0]
+        return sample
+
+    def clear(self) -> None:
+        self.seen.clear()
+        self.chosen.clear()
+
+
+def tar_members(url: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of the members `keep` accepts, in tar order (local file or allowed pipe:)."""
     if not url.startswith("pipe:"):
-        yield from tar_file_members(url, is_format_member)
+        yield from tar_file_members(url, keep)
         return
     stream = open_pipe(url)
     try:
-        for member in tar_file_iterator(stream, handler=reraise_exception,
-                                        select_files=is_format_member):
+        for member in tar_file_iterator(stream, handler=reraise_exception, select_files=keep):
             yield member["fname"], member["data"]
     finally:
         stream.close()
 
 
-def read_shard(shard: ShardRef) -> Iterator[dict]:
+def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator[dict]:
     """Raw samples of one shard in tar order, then an error item if the shard was damaged."""
+    members = members or MemberFilter()
     current: dict | None = None
     usable = 0
     error = None
     try:
-        for fname, data in tar_members(shard.url):
+        for fname, data in tar_members(shard.url, members):
             key, suffix = base_plus_ext(fname)
             if current is None or key != current["__key__"]:
                 if current is not None:
-                    usable += has_both_modalities(current)
+                    usable += has_both_modalities(members.finish(current))
                     yield current
                 current = {"__key__": key, "__url__": shard.url, "__source__": shard.source,
                            "__nbytes__": 0}
@@ -87,8 +136,9 @@ def read_shard(shard: ShardRef) -> Iterator[dict]:
     except Exception as e:  # noqa: BLE001 - any read failure of a shard is a counted, logged skip
         error = ("unreadable_shard", f"{type(e).__name__}: {e}")
     if current is not None:
-        usable += has_both_modalities(current)
+        usable += has_both_modalities(members.finish(current))
         yield current
+    members.clear()
     if error is None and shard.samples is not None and usable < shard.samples:
         error = ("short_shard", f"read {usable} of the {shard.samples} samples its record lists")
     if error is not None:
@@ -96,8 +146,9 @@ def read_shard(shard: ShardRef) -> Iterator[dict]:
                "__key__": None, "__source__": shard.source, "__nbytes__": 0}
 
 
-def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None) -> Iterator[dict]:
-    """Raw samples of a sequence of shards, in order.
+def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None,
+                members: MemberFilter | None = None) -> Iterator[dict]:
+    """Raw samples of a sequence of shards, in order (members: see MemberFilter).
 
     An endless shard sequence in which `give_up_after` shards in a row hold no usable sample would
     spin forever; it stops with an error naming the last shard instead.
@@ -108,7 +159,7 @@ def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None) ->
             yield {"__flush__": True, "__nbytes__": 0}
             continue
         usable = 0
-        for sample in read_shard(shard):
+        for sample in read_shard(shard, members):
             usable += "__error__" not in sample and has_both_modalities(sample)
             yield sample
         empty_run = 0 if usable else empty_run + 1

@@ -91,13 +91,15 @@ class RowDecoder:
 
     def decode(self, raw: dict, rng: np.random.Generator) -> dict:
         cfg = self.cfg
-        require_members(raw)
-        stored = frame_count(raw)
-        if cfg.frames == "all" and stored != cfg.num_frames:
-            raise BadSample("bad_shape", f"{stored} frames stored, {cfg.num_frames} expected")
-        if isinstance(cfg.frames, int) and cfg.frames >= stored:
-            raise BadSample("missing_member", f"frame {cfg.frames} of {stored} stored")
-        chosen = choose_frames(stored, cfg.frames, rng)
+        chosen = raw.get("__frames__")          # picked while reading (see reader.MemberFilter)
+        require_members(raw, chosen)
+        if chosen is None:
+            stored = frame_count(raw)
+            if cfg.frames == "all" and stored != cfg.num_frames:
+                raise BadSample("bad_shape", f"{stored} frames stored, {cfg.num_frames} expected")
+            if isinstance(cfg.frames, int) and cfg.frames >= stored:
+                raise BadSample("missing_member", f"frame {cfg.frames} of {stored} stored")
+            chosen = choose_frames(stored, cfg.frames, rng)
         meta = decode_meta(raw[META_SUFFIX])
         labels = meta.get("label_indices") or []
         if cfg.num_classes is not None and any(not 0 <= i < cfg.num_classes for i in labels):

@@ -23,7 +23,8 @@ from .sources import DatasetSource, ShardRef
 END_OF_PASS = "end-of-pass"
 
 # Stream tags: the first integers after (seed, epoch) that keep the draws of each use apart.
-TAG_SHARDS, TAG_PASS, TAG_RESAMPLE, TAG_MIX, TAG_BALANCE, TAG_SHUFFLE, TAG_SAMPLE, TAG_BATCH = range(1, 9)
+(TAG_SHARDS, TAG_PASS, TAG_RESAMPLE, TAG_MIX, TAG_BALANCE, TAG_SHUFFLE, TAG_SAMPLE, TAG_BATCH,
+ TAG_FRAMES) = range(1, 10)
 
 
 def rng_for(*ints: int) -> np.random.Generator:

@@ -13,8 +13,8 @@ that directory and never enable `pipe:`. Other URL schemes (http://, s3://, ...)
 them in `pipe:curl -s ...` explicitly. Local files are opened with `open()`, never through gopen's
 environment-driven URL rewriting.
 
-Counts: a shard's usable samples (status ok, both modalities) come from its Parquet record; they fix
-the epoch length up front so every rank yields the same number of batches.
+Counts: a shard's usable samples (status ok, both modalities) come from its stats.json or Parquet
+record; they fix the epoch length up front so every rank yields the same number of batches.
 """
 from __future__ import annotations
 
@@ -142,15 +142,26 @@ def _plain_shard_name(folder: str, entry) -> str:
 
 
 def count_samples(url: str) -> int | None:
-    """Usable samples (ok, audio and video) of a local shard from its Parquet record; None if unknown."""
+    """Usable samples (ok, audio and video) of a local shard; None if unknown.
+
+    From its stats.json when every ok sample there has both modalities (the pipeline's default),
+    else from its Parquet record."""
     if url.startswith("pipe:") or not url.endswith(".tar"):
         return None
-    record = url[:-4] + ".parquet"
-    if not os.path.exists(record):
+    stem = url[:-4]
+    try:
+        with open(stem + ".stats.json") as f:
+            stats = json.load(f)
+        if isinstance(stats, dict) and stats.get("ok") is not None \
+                and stats.get("ok") == stats.get("with_audio") == stats.get("with_video"):
+            return int(stats["ok"])
+    except (OSError, ValueError, TypeError):
+        pass
+    if not os.path.exists(stem + ".parquet"):
         return None
     import pyarrow.parquet as pq
 
-    table = pq.read_table(record, columns=["status", "has_audio", "has_video"]).to_pydict()
+    table = pq.read_table(stem + ".parquet", columns=["status", "has_audio", "has_video"]).to_pydict()
     return sum(1 for st, a, v in zip(table["status"], table["has_audio"], table["has_video"])
                if st == STATUS_OK and a and v)
 

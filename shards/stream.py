@@ -4,7 +4,8 @@ A lane is one independent, deterministic stream of batches of a rank; DataLoader
 lanes. Stages (see `build_lane`):
 
   shard-level   shards   epoch order (seed, epoch) -> split by rank -> split by lane   [shardlists]
-                read     tar members -> raw samples (bytes), other members dropped    [reader]
+                read     tar members -> raw samples (bytes); other members, and frames   [reader]
+                         not picked (random / fixed frame), are never read
                 complete keep samples with audio and frames (by member names)
                 mix      weighted choice among datasets (several datasets only)
   sample-level  balance  repeat each sample k times (balanced sampling only)          [balance]
@@ -33,9 +34,9 @@ from .batches import BatchFinisher
 from .buffer import ShuffleBuffer
 from .config import LoaderConfig
 from .errors import SkipCounter
-from .reader import has_both_modalities, read_shards
+from .reader import MemberFilter, has_both_modalities, read_shards
 from .rows import RowDecoder
-from .shardlists import (TAG_BALANCE, TAG_MIX, TAG_SHUFFLE, eval_shards, lane_shards, mix_streams,
+from .shardlists import (TAG_BALANCE, TAG_FRAMES, TAG_MIX, TAG_SHUFFLE, eval_shards, lane_shards, mix_streams,
                          resampled_shards, rng_for)
 from .sources import DatasetSource
 
@@ -115,11 +116,26 @@ def dataset_samples(spec: StreamSpec, epoch: int, lane: int) -> Iterator[dict]:
             shards, give_up = lane_shards(ds, seed=cfg.seed, epoch=epoch, rank=cfg.rank,
                                           world_size=cfg.world_size, lane=lane,
                                           lanes=cfg.lanes), 2 * n + 1
-        streams.append(keep_complete(read_shards(shards, give_up)))
+        members = MemberFilter(frame_picker(cfg, rng_for(cfg.seed, epoch, TAG_FRAMES, cfg.rank,
+                                                         lane, index)))
+        streams.append(keep_complete(read_shards(shards, give_up, members)))
     if len(streams) == 1:
         return streams[0]
     return mix_streams(streams, [ds.weight for ds in spec.datasets],
                        rng_for(cfg.seed, epoch, TAG_MIX, cfg.rank, lane))
+
+
+def frame_picker(cfg: LoaderConfig, rng: np.random.Generator) -> tuple | None:
+    """Which frame to read, decided while reading (None: read all, decide when decoding).
+
+    Random frames are drawn while reading, before the shuffle, from a replayed per-lane generator;
+    balanced sampling keeps every frame, so each repeat of a sample draws its own when decoded;
+    "middle" needs the sample's frame count and is decided when decoding."""
+    if cfg.frames == "random" and not cfg.balanced:
+        return ("random", rng)
+    if isinstance(cfg.frames, int):
+        return ("index", cfg.frames)
+    return None
 
 
 def keep_complete(samples: Iterable[dict]) -> Iterator[dict]:

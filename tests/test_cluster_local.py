@@ -1,13 +1,17 @@
 """The local SLURM cluster itself: it starts, runs a 2-node job, and stops without a trace."""
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
 from cluster.local import LocalSlurmCluster, SlurmUnavailable, render_slurm_conf, why_unavailable
+from cluster.local.cluster import _alive
 from cluster.local.slurm_conf import LocalClusterConfig, parse_slurm_conf
 from tests.slurm_fixtures import REPO, slurm_cluster, wait_for_jobs  # noqa: F401
 
@@ -55,9 +59,7 @@ def test_start_then_stop_leaves_no_daemon_and_no_folder():
         pids = _pids(cluster)
         assert set(pids) == {"munged", "slurmctld", "node1", "node2"}
         assert cluster.node_states() == {"node1": "idle", "node2": "idle"}
-    for name, pid in pids.items():
-        assert not Path(f"/proc/{pid}").exists() or \
-            Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z", f"{name} still runs"
+    assert [name for name, pid in pids.items() if _alive(pid)] == []
     assert not root.exists()
 
 
@@ -112,3 +114,35 @@ def test_two_node_job_maps_slurm_tasks_to_ranks(slurm_cluster, tmp_path):
         (0, 2, 0, "slurm"), (1, 2, 0, "slurm")]
     assert sorted(r["node"] for r in lines) == ["node1", "node2"]
     assert {r["job"] for r in lines} == {job_id}
+
+
+DIE_PROBE = """
+import json, sys, time
+from cluster.local import LocalSlurmCluster
+cluster = LocalSlurmCluster(nodes=1, root=sys.argv[1]).start()
+print(json.dumps(cluster._running_pids()), flush=True)
+time.sleep(120)
+"""
+
+
+def test_daemons_die_with_a_killed_owner(tmp_path):
+    """A test run killed with SIGKILL (no atexit, no fixture teardown) leaves no daemon behind."""
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    root = Path(tempfile.mkdtemp(prefix="avsiam-slurm-test-"))
+    root.chmod(0o755)
+    try:
+        owner = subprocess.Popen([sys.executable, "-c", DIE_PROBE, str(root / "c")], cwd=REPO,
+                                 stdout=subprocess.PIPE, text=True)
+        pids = json.loads(owner.stdout.readline())
+        assert set(pids) == {"munged", "slurmctld", "node1"}
+        owner.kill()
+        owner.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in pids.values()):
+            time.sleep(0.2)
+        assert [name for name, pid in pids.items() if _alive(pid)] == []
+    finally:
+        LocalSlurmCluster.attach(root / "c").stop()
+        shutil.rmtree(root, ignore_errors=True)

@@ -3,9 +3,9 @@ are bounded, and bad samples are counted skips. Each test fails if its protectio
 from __future__ import annotations
 
 import io
+import logging
 import os
 import pickle
-import sys
 
 import numpy as np
 import pytest
@@ -21,7 +21,6 @@ from test_loader_shards import jpeg_bytes, npy_bytes, sample_key, write_split
 
 torch.set_num_threads(1)
 SMALL = dict(audio_frames=16, image_size=8)
-MARKER = None
 
 
 class CodeOnUnpickle:
@@ -188,16 +187,35 @@ def bombs(shard, index, members):
     return members
 
 
-def test_size_bombs_are_refused_before_allocating(tmp_path):
+def test_size_bombs_are_refused_before_allocating(tmp_path, caplog):
     tars = write_split(tmp_path, [5, 5], fbank_frames=20, frame_size=8, damage=bombs)
-    with open(tars[1], "r+b") as f:            # shard 1: first member's header claims 8 GiB
+    with open(tars[1], "r+b") as f:            # shard 1: first member's header claims 4 GiB
         header = bytearray(f.read(512))
-        header[124:136] = b"%011o\0" % (8 << 30)
+        header[124:136] = b"%011o\0" % (4 << 30)
         header[148:156] = b" " * 8
         header[148:156] = b"%06o\0 " % sum(header)
         f.seek(0)
         f.write(header)
     loader = make_loader(str(tmp_path), batch_size=2, shuffle_buffer=0, frames=0, **SMALL)
-    batches = list(loader)
-    assert len(batches) == 5
-    assert loader.skipped_by_reason == {"corrupt_npy": 1, "bad_shape": 1, "unreadable_shard": 1}
+    with caplog.at_level(logging.WARNING, logger="shards"):
+        batches = list(loader)
+    assert len(batches) == 5 and all(torch.isfinite(b["audio"]).all() for b in batches)
+    assert set(loader.skipped_by_reason) == {"corrupt_npy", "bad_shape", "unreadable_shard"}
+    assert "claims 4294967296 bytes" in caplog.text and "60000x60000" in caplog.text
+
+
+def test_a_batch_of_only_bad_samples_borrows_a_good_one(tmp_path):
+    def first_two_bad(shard, index, members):
+        if index < 2:
+            members["fbank.npy"] = b"garbage"
+        return members
+
+    write_split(tmp_path, [8], fbank_frames=20, frame_size=8, damage=first_two_bad)
+    options = dict(batch_size=2, shuffle_buffer=0, **SMALL)
+    batches = list(make_loader(str(tmp_path), **options))
+    assert batches[0]["keys"] == [sample_key(0, 2)] * 2 and not batches[0]["valid"].any()
+    assert batches[1]["keys"] == [sample_key(0, 2), sample_key(0, 3)] and batches[1]["valid"].all()
+    resumed = make_loader(str(tmp_path), **options)
+    resumed.load_state_dict(dict(resumed.state_dict(), batches=1))
+    assert [b["keys"] for b in resumed] == [b["keys"] for b in batches[1:]]
+    assert resumed.skipped == 0            # the bad samples belong to the batch before the resume

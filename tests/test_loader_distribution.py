@@ -1,7 +1,6 @@
 """Distribution: equal batches on every rank, shard splits, resampling, mixing, balanced sampling."""
 from __future__ import annotations
 
-from collections import Counter
 
 import numpy as np
 import pytest

@@ -159,3 +159,26 @@ def test_noise_and_roll(split):
     rolled = first_batch(split, roll=True, **opts)["audio"]
     for i in range(4):
         assert any(torch.equal(torch.roll(plain[i], s, 0), rolled[i]) for s in range(64))
+
+
+def test_random_frames_are_uniform_and_only_the_kept_one_is_buffered(tmp_path):
+    write_split(tmp_path, [50] * 4, num_frames=FRAMES, frame_size=16, fbank_frames=20)
+    loader = make_loader(str(tmp_path), mode="pretrain", batch_size=50, audio_frames=16,
+                         shuffle_buffer=20)
+    picked = [frame_index(v) for b in loader for v in b["visual"]]
+    counts = np.bincount(picked, minlength=FRAMES)
+    assert len(picked) == 200 and counts.min() > 20            # uniform: 40 expected each
+    from shards.reader import MemberFilter, read_shard
+    from shards.sources import ShardRef
+
+    members = MemberFilter(("random", np.random.default_rng(0)))
+    raw = list(read_shard(ShardRef(str(tmp_path / "train-000000.tar"), 50), members))
+    assert all(sum(k.endswith(".jpg") for k in s) == 1 and s["__video__"] for s in raw)
+
+
+def test_output_dtype_hands_over_half_the_bytes(split):
+    full = first_batch(split, mode="pretrain", audio_frames=64, seed=4)
+    half = first_batch(split, mode="pretrain", audio_frames=64, seed=4, output_dtype="bfloat16")
+    assert half["audio"].dtype == half["visual"].dtype == torch.bfloat16
+    assert torch.allclose(half["audio"].float(), full["audio"], atol=0.02, rtol=0.01)
+    assert torch.allclose(half["visual"].float(), full["visual"], atol=0.02, rtol=0.01)

@@ -129,8 +129,8 @@ def test_two_ranks_to_one_through_a_universal_checkpoint(shards, reference, tmp_
 
 @pytest.mark.parametrize("stage,nproc,extra", [
     (1, 1, ["objective.schedule=alternate"]),
-    (1, 2, []),
-    (3, 1, []),
+    (1, 2, ["deepspeed.gradient_accumulation=2"]),
+    (3, 1, ["deepspeed.grad_checkpointing=true"]),
     (3, 2, ["objective.contrastive_chunk=2"]),
 ])
 def test_zero_stage_learns(shards, tmp_path, stage, nproc, extra):

@@ -24,11 +24,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    from trainer.eval_command import add_norm_arguments
+    add_norm_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
     import torch
 
+    from trainer.eval_command import loader_options
     from trainer.evaluation.embeddings import write_embeddings
     from trainer.evaluation.inputs import EvalInputs
     from trainer.evaluation.protocols import compute_embeddings, to_table
@@ -39,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"avsiam embed: --frame must be middle or a frame index, got {args.frame!r}")
     inputs = EvalInputs(model=args.model, shards=args.shards, batch_size=args.batch_size,
                         num_workers=args.workers, device=args.device,
-                        official_size=args.official_size)
+                        official_size=args.official_size, loader_options=loader_options(args))
     emb = compute_embeddings(inputs, frame)
     metadata = {"model": str(args.model), "shards": str(args.shards), "frame": frame,
                 "pooling": "mean of final-normed tokens", "normalised": False}

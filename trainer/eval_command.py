@@ -23,7 +23,20 @@ def _add_inputs(parser: argparse.ArgumentParser, model_required: bool) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
+    add_norm_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="result JSON (table: same name .txt)")
+
+
+def add_norm_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fbank-mean", type=float, default=None,
+                        help="fbank normalisation mean (default: the shards' dataset.json, else "
+                             "CAV-MAE's); use the training set's to match the model")
+    parser.add_argument("--fbank-std", type=float, default=None, help="fbank normalisation std")
+
+
+def loader_options(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in (("fbank_mean", args.fbank_mean), ("fbank_std", args.fbank_std))
+            if v is not None}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,7 +67,7 @@ def _inputs(args: argparse.Namespace):
 
     return EvalInputs(model=args.model, shards=args.shards, batch_size=args.batch_size,
                       num_workers=args.workers, device=args.device,
-                      official_size=args.official_size)
+                      official_size=args.official_size, loader_options=loader_options(args))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start":
         root = args.dir or Path(tempfile.mkdtemp(prefix="avsiam-slurm-"))
         root.mkdir(parents=True, exist_ok=True)
-        cluster = LocalSlurmCluster(nodes=args.nodes, root=root)
+        cluster = LocalSlurmCluster(nodes=args.nodes, root=root, die_with_parent=False)
         try:
             cluster.start()
         except SlurmUnavailable as exc:

@@ -4,9 +4,9 @@
         subprocess.run(["sbatch", "job.sh"], env=cluster.env(), check=True)
 
 Needs root (the daemons run as root and so do the jobs) and Debian's `slurm-wlm` and `munge`.
-Each daemon runs in the foreground of its own session, so it is stopped by its pid whatever happens
-to this process; `stop()` also runs at interpreter exit and after a failed start. Every wait is
-bounded: nothing here can hang.
+Each daemon runs in the foreground, in its own session, and is stopped by its pid: by `stop()`,
+which also runs at interpreter exit and after a failed start, and by the kernel (SIGTERM on parent
+death) when the owning process is killed outright. Every wait is bounded: nothing here can hang.
 """
 from __future__ import annotations
 
@@ -52,8 +52,11 @@ class LocalSlurmCluster:
     """Start/stop a private cluster; `env()` is the environment its clients need (SLURM_CONF)."""
 
     def __init__(self, nodes: int = 2, root: Path | None = None, requeue_delay_s: int = 5,
-                 start_timeout_s: float = 60.0):
+                 start_timeout_s: float = 60.0, die_with_parent: bool = True):
+        """`die_with_parent`: the daemons get SIGTERM if this process dies without stopping them
+        (even by SIGKILL); False keeps them running after it exits (`python -m cluster.local`)."""
         self._own_root = root is None
+        self.die_with_parent = die_with_parent
         root = Path(tempfile.mkdtemp(prefix="avsiam-slurm-")) if root is None else Path(root)
         ports = free_ports(nodes + 1)
         self.config = LocalClusterConfig(root=root.resolve(), ctld_port=ports[0],
@@ -68,7 +71,7 @@ class LocalSlurmCluster:
         cfg = parse_slurm_conf(Path(root).resolve())
         cluster = cls.__new__(cls)
         cluster._own_root, cluster.config, cluster._procs = False, cfg, {}
-        cluster.start_timeout_s = 60.0
+        cluster.start_timeout_s, cluster.die_with_parent = 60.0, False
         return cluster
 
     # ----------------------------------------------------------------------------- lifecycle
@@ -178,11 +181,12 @@ class LocalSlurmCluster:
         self._wait(lambda: self.config.munge_socket.exists(), "munged to create its socket")
 
     def _start_daemon(self, name: str, argv: list[str]) -> None:
+        guard = _term_on_parent_death if self.die_with_parent else None
         log = open(self.config.log_dir / f"{name}.stdout", "ab")
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                     stderr=subprocess.STDOUT, env=self.env(),
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=guard)
         finally:
             log.close()
         self._procs[name] = proc
@@ -255,6 +259,12 @@ def _untraversable(root: Path) -> str | None:
             return (f"munged needs every folder above its socket to be enterable by all users; "
                     f"{folder} is not (chmod o+x it, or start the cluster in another folder)")
     return None
+
+
+def _term_on_parent_death() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def _read_pid(path: Path) -> int | None:

@@ -15,8 +15,6 @@ import torch.nn as nn
 from timm.layers import DropPath
 from timm.models.vision_transformer import Block
 
-MODALITIES = ("a", "v")
-
 
 def layer_norm(dim: int, eps: float) -> nn.LayerNorm:
     return nn.LayerNorm(dim, eps=eps)
