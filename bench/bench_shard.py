@@ -144,6 +144,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_shard"))
+    parser.add_argument("--runs", default="ours_w1,ours_w2,floor_p1,floor_p2,cavmae_p1",
+                        help="which runs to time (comma-separated)")
     args = parser.parse_args()
 
     clips = make_clips(args.work / "clips", args.clips, args.seconds)
@@ -154,6 +156,7 @@ def main() -> None:
             "floor_p1": (1, lambda: run_parallel(commands, 1)),
             "floor_p2": (2, lambda: run_parallel(commands, 2)),
             "cavmae_p1": (1, lambda: run_cavmae(clips, args.work / "cavmae"))}
+    jobs = {k: v for k, v in jobs.items() if k in args.runs.split(",")}
     wall: dict[str, list[float]] = {k: [] for k in jobs}
     cpu: dict[str, list[float]] = {k: [] for k in jobs}
     for _ in range(args.repeats):                   # interleaved, so all see the same conditions
@@ -164,20 +167,23 @@ def main() -> None:
     n = args.clips
     per_core = {k: n / statistics.median(wall[k]) / jobs[k][0] for k in jobs}
     per_cpu_s = {k: n / statistics.median(cpu[k]) for k in jobs}
+    ratio = lambda a, b, table: table[a] / table[b] if a in table and b in table else None  # noqa
+    median = {k: statistics.median(v) for k, v in wall.items()}
     report = {
         "machine": f"{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
         "clips": n, "seconds": args.seconds, "repeats": args.repeats,
         "wall_s": wall, "cpu_s": cpu,
         "clips_per_s_per_core": per_core, "clips_per_cpu_s": per_cpu_s,
-        "ours_w1_vs_floor_p1": per_core["ours_w1"] / per_core["floor_p1"],
-        "ours_vs_floor_cpu": per_cpu_s["ours_w1"] / per_cpu_s["floor_p1"],
-        "speedup_w2_vs_w1": statistics.median(wall["ours_w1"]) / statistics.median(wall["ours_w2"]),
-        "floor_speedup_p2_vs_p1": (statistics.median(wall["floor_p1"])
-                                   / statistics.median(wall["floor_p2"])),
-        "ours_w1_vs_cavmae": per_core["ours_w1"] / per_core["cavmae_p1"],
+        "ours_w1_vs_floor_p1": ratio("ours_w1", "floor_p1", per_core),
+        "ours_vs_floor_cpu": ratio("ours_w1", "floor_p1", per_cpu_s),
+        "speedup_w2_vs_w1": ratio("ours_w1", "ours_w2", median),
+        "floor_speedup_p2_vs_p1": ratio("floor_p1", "floor_p2", median),
+        "ours_w1_vs_cavmae": ratio("ours_w1", "cavmae_p1", per_core),
+        "ours_vs_cavmae_cpu": ratio("ours_w1", "cavmae_p1", per_cpu_s),
     }
     print(json.dumps(report, indent=1))
-    print("\n| run | median wall s | clips/s per core (wall) | clips per CPU-s |\n|---|---|---|---|")
+    print("\n| run | median wall s | clips/s per core (wall) | clips per CPU-s |")
+    print("|---|---|---|---|")
     for key in jobs:
         print(f"| {key} | {statistics.median(wall[key]):.2f} | {per_core[key]:.3f} | "
               f"{per_cpu_s[key]:.3f} |")

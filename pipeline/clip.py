@@ -203,7 +203,8 @@ def _check_modalities(info, decoded, has_audio, has_video, params, start, second
                                f"audio stream gave {samples} samples in the {window} "
                                f"(need {fbank_mod.MIN_SAMPLES})")
     if not has_video:
-        raise errors.ClipError(errors.NO_VIDEO_FRAMES, f"video stream gave no frame in the {window}")
+        raise errors.ClipError(errors.NO_VIDEO_FRAMES,
+                               f"video stream gave no frame in the {window}")
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:

@@ -78,7 +78,8 @@ def _from_csv(path: Path, lines: list[str], header: list[str]) -> Vocabulary:
             raise LabelsError(f"labels file {path}: the index column must hold integers") from None
         indices = [int(row["index"]) for row in rows]
         if indices != list(range(len(rows))):
-            raise LabelsError(f"labels file {path}: indices must be 0..{len(rows) - 1} without gaps")
+            raise LabelsError(f"labels file {path}: indices must be 0..{len(rows) - 1} "
+                              f"without gaps")
     ids = tuple((row[id_col] or "").strip() for row in rows)
     names = tuple((row[name_col] or "").strip() for row in rows)
     if any(not label for label in ids):

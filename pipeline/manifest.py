@@ -186,7 +186,8 @@ def read_table(path: Path) -> Manifest:
         raise ManifestError(f"{path}: needs an id column ({', '.join(_ID_COLUMNS)}) or a path "
                             f"column ({', '.join(_PATH_COLUMNS)}); found {', '.join(names)}")
     start_col, end_col = _column(names, _START_COLUMNS), _column(names, _END_COLUMNS)
-    labels_col, label_col = _column(names, ("labels", "positive_labels")), _column(names, ("label",))
+    labels_col = _column(names, ("labels", "positive_labels"))
+    label_col = _column(names, ("label",))
     out = Manifest(kind)
     for i, row in enumerate(rows):
         where = f"{path} row {i + 1}"

@@ -106,7 +106,8 @@ def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
         raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffprobe {exc}")
     if result.returncode != 0:
         raise errors.ClipError(errors.PROBE_FAILED,
-                               f"ffprobe exit {result.returncode}: {_last_lines(result.stderr_tail)}")
+                               f"ffprobe exit {result.returncode}: "
+                               f"{_last_lines(result.stderr_tail)}")
     try:
         data = json.loads(result.outputs[STDOUT] or b"{}")
     except ValueError as exc:
@@ -133,7 +134,8 @@ def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:
             duration = _float(stream.get("duration"))
     if duration is not None and duration > params.max_source_seconds:
         raise errors.ClipError(errors.ABSURD_DURATION,
-                               f"file claims {duration:.1f} s, over the {params.max_source_seconds:g}"
+                               f"file claims {duration:.1f} s, over the "
+                               f"{params.max_source_seconds:g}"
                                f" s limit (max_source_seconds)")
     return MediaInfo(duration=duration, audio=audio, video=video)
 
@@ -148,8 +150,8 @@ def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
     rotation = _rotation(stream)
     if rotation in (90, 270):
         width, height = height, width
-    fps = next((f for f in (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")))
-                if 0 < f <= _MAX_SANE_FPS), FALLBACK_FPS)
+    rates = (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")))
+    fps = next((f for f in rates if 0 < f <= _MAX_SANE_FPS), FALLBACK_FPS)
     nb = _float(stream.get("nb_frames"))
     return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation)
 
@@ -213,7 +215,8 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
         raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffmpeg {exc}")
     if result.returncode != 0:
         raise errors.ClipError(errors.DECODE_FAILED,
-                               f"ffmpeg exit {result.returncode}: {_last_lines(result.stderr_tail)}")
+                               f"ffmpeg exit {result.returncode}: "
+                               f"{_last_lines(result.stderr_tail)}")
     raw = result.outputs.get(STDOUT, b"")
     frame_bytes = size * size * 3
     frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]

@@ -1,15 +1,18 @@
-"""What a clip becomes (`ClipParams`) and the limits that protect a worker from its input (`MediaLimits`).
+"""What a clip becomes (`ClipParams`) and the limits protecting a worker from its input
+(`MediaLimits`).
 
-`ClipParams` holds every parameter that changes the bytes of a sample; its hash (`params_hash`) is
-stored in each sample's json and in dataset.json, and a re-run with other values is refused.
-`MediaLimits` bounds the time, output and memory of each ffmpeg/ffprobe process and rejects files
-that claim absurd dimensions or durations before anything is decoded.
+`ClipParams` holds every parameter that changes the bytes of a sample, including the limits that
+decide which files fail (absurd dimensions or durations, windows too long); its hash
+(`params_hash`) is stored in each sample's json and in dataset.json, and a re-run with other
+values is refused. `MediaLimits` bounds the time, output and memory of each ffmpeg/ffprobe
+process; it never changes the bytes of a good sample.
 
 Per-clip memory (documented bound): Python holds the window's audio (16 kHz s16 mono, at most
-`max_window_seconds` x 32 KB) and N frames at frame_size x frame_size x 3 bytes; frames are selected,
-scaled and cropped inside ffmpeg's filter graph, so full-resolution frames never reach Python. The
-ffmpeg child decodes with `ffmpeg_threads` threads (default 1) under an address-space limit of
-`ffmpeg_memory_mb`; its frame buffers scale with the source resolution, capped by `max_pixels`.
+`max_window_seconds` x 32 KB) and N frames of frame_size x frame_size x 3 bytes; frames are
+selected, scaled and cropped inside ffmpeg's filter graph, so full-resolution frames never reach
+Python. The ffmpeg child decodes with `ffmpeg_threads` threads (default 1) under an address-space
+limit of `ffmpeg_memory_mb`; its frame buffers scale with the source resolution, capped by
+`max_pixels`.
 """
 from __future__ import annotations
 
@@ -57,8 +60,10 @@ class ClipParams:
     """Longest file duration accepted (what the container claims)."""
 
     def __post_init__(self) -> None:
-        _check(1 <= self.num_frames <= 1000, f"num_frames must be in 1..1000, got {self.num_frames}")
-        _check(16 <= self.frame_size <= 4096, f"frame_size must be in 16..4096, got {self.frame_size}")
+        _check(1 <= self.num_frames <= 1000,
+               f"num_frames must be in 1..1000, got {self.num_frames}")
+        _check(16 <= self.frame_size <= 4096,
+               f"frame_size must be in 16..4096, got {self.frame_size}")
         _check(1 <= self.jpeg_quality <= 100,
                f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         _check(0 < self.max_window_seconds <= 24 * 3600,

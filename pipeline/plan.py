@@ -141,7 +141,8 @@ def candidates(name: str, extensions: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def worst_case_bytes(window_s: float, params: ClipParams) -> int:
-    """Upper bound of one sample's tar bytes: fbank of the window, raw-size frames, json, headers."""
+    """Upper bound of one sample's tar bytes: fbank of the window, raw-size frames, json and
+    headers."""
     fbank = (int(window_s * 100) + 2) * fmt.NUM_MEL_BINS * 2 + 256
     frames = params.num_frames * (params.frame_size ** 2 * 3 + 2048)
     return fbank + frames + 8192 + 1024 * (params.num_frames + 2)

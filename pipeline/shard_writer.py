@@ -178,7 +178,8 @@ class ShardWriter:
             if suffix == fmt.META_SUFFIX:
                 break
         else:
-            raise RuntimeError(f"{self.files.tar}: kept sample {item.key!r} not found in the old tar")
+            raise RuntimeError(f"{self.files.tar}: kept sample {item.key!r} is not in the old "
+                               f"tar")
         self._records.append(dict(row=item.row, key=item.key, source_id=item.source_id,
                                   path=item.path, status=fmt.STATUS_OK, reason=None,
                                   has_audio=item.has_audio, has_video=item.has_video))
@@ -212,7 +213,7 @@ class ShardWriter:
 
     def _stats(self) -> dict:
         ok = [r for r in self._records if r["status"] == fmt.STATUS_OK]
-        return {
+        stats = {
             **self.identity,
             "shard": self.shard,
             "tar": self.files.tar.name,
@@ -227,6 +228,8 @@ class ShardWriter:
             "tar_sha256": self._hashing.sha.hexdigest(),
             "fbank": self._moments.as_dict(),
         }
+        assert tuple(stats) == fmt.STATS_FIELDS, "stats fields drifted from shards.format"
+        return stats
 
 
 def file_sha256(path: Path) -> str:

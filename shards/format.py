@@ -114,6 +114,17 @@ RECORD_COLUMNS = (
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 
+# --- per-shard stats file (JSON, written last: its presence commits the shard) ------------------
+STATS_FIELDS = (
+    "format_version", "pipeline_version", "split", "plan_hash", "params_hash",
+    "shard", "tar",                     # shard index and tar file name
+    "rows", "ok", "failed", "samples",  # record rows, by status; samples in the tar (== ok)
+    "with_audio", "with_video",         # samples holding each modality
+    "failures",                         # {reason code: count}, code = text before ':' in reason
+    "tar_bytes", "tar_sha256",          # of the committed tar
+    "fbank",                            # {"count", "mean", "m2"} of every fbank value (Chan)
+)
+
 # --- keys ---------------------------------------------------------------------------------------
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_-]")
 KEY_MAX_LEN = 128

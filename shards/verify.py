@@ -118,6 +118,9 @@ def verify_shard(check: _ShardCheck) -> tuple[int, int, list[Problem]]:
     except (OSError, ValueError) as exc:
         problem(f"stats file unreadable: {exc}")
         return 0, 0, problems
+    missing = [name for name in fmt.STATS_FIELDS if name not in stats]
+    if missing:
+        problem(f"stats file lacks {missing}")
     records = _check_record(files, check, stats, problem)
     if records is None:
         return 0, 0, problems

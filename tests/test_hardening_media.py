@@ -147,7 +147,7 @@ def test_hostile_ids_give_safe_keys_and_tar_stays_in_its_folder(clips, tmp_path)
 
 def _long_file(folder: Path) -> Path:
     """A 2-hour H.264+AAC file made in about a second: one 60-s segment concatenated 120 times."""
-    segment = make_clip(folder / "segment.mp4", seconds=60, fps=1, rate=8000,
+    make_clip(folder / "segment.mp4", seconds=60, fps=1, rate=8000,
                         video_source="color=c=blue:s=64x64:r=1", extra=("-b:a", "8k"))
     (folder / "list.txt").write_text("file 'segment.mp4'\n" * 120)
     ffmpeg("-f", "concat", "-safe", "0", "-i", str(folder / "list.txt"), "-c", "copy",

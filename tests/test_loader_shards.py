@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 
 from shards import format as F
@@ -153,10 +152,3 @@ def test_fixture_shards_follow_the_format(tmp_path):
     assert set(meta) == set(F.META_FIELDS) and meta["key"] == samples[0]["__key__"]
     assert Image.open(io.BytesIO(samples[0]["f1.jpg"])).format == "JPEG"
     assert pq.read_table(tars[1].with_suffix(".parquet")).num_rows == 2
-
-
-@pytest.fixture(scope="module")
-def small_split(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("split")
-    write_split(folder, [6, 5, 7, 6])
-    return folder

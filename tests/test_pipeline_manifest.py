@@ -85,7 +85,8 @@ def test_folder_manifest_sorted_and_filtered(tmp_path):
 
 def test_labels_file_and_unknown_label_error(files):
     vocab = read_labels(files / "labels.csv")
-    assert vocab.ids == ("/m/09x0r", "/t/dd00088", "/m/03v3yw") and vocab.names[2] == "Keys jangling"
+    assert vocab.ids == ("/m/09x0r", "/t/dd00088", "/m/03v3yw")
+    assert vocab.names[2] == "Keys jangling"
     (files / "labels.txt").write_text("b\na\n")
     assert read_labels(files / "labels.txt").ids == ("b", "a")
     assert vocabulary_from([("b",), ("a", "b")]).ids == ("a", "b")
@@ -150,7 +151,8 @@ def test_stored_plan_is_reused_and_mismatch_is_refused(files):
         load_or_write(other, files)
     clip2 = ClipParams(num_frames=4)
     with pytest.raises(PlanMismatch, match="num_frames: 10 -> 4"):
-        load_or_write(build_plan(m, vocab, PlanParams(), clip2, params_hash(clip2.as_dict())), files)
+        load_or_write(build_plan(m, vocab, PlanParams(), clip2, params_hash(clip2.as_dict())),
+                      files)
 
 
 def test_task_selection_from_flags_and_slurm_env():

@@ -29,7 +29,8 @@ def data(tmp_path_factory):
                                         seconds=2.0, size=(160, 120), fps=25, workers=2))
     videos = root / "synth" / "videos"
     (videos / "corrupt0001.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
-    lines = ["# Segments csv", "# num_ytids=10", "# YTID, start_seconds, end_seconds, positive_labels"]
+    lines = ["# Segments csv", "# num_ytids=10",
+             "# YTID, start_seconds, end_seconds, positive_labels"]
     for clip in summary["clips"]:
         lines.append(f'{clip["ytid"]}, 0.000, 2.000, "{",".join(clip["labels"])}"')
     labels = root / "synth" / "class_labels_indices.csv"
