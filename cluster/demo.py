@@ -60,6 +60,46 @@ def synthesise(cfg: DemoConfig) -> Path:
     return data
 
 
+SPLITS = (("train", "balanced_train_segments.csv"), ("eval", "eval_segments.csv"))
+
+
+def shard(cfg: DemoConfig, data: Path) -> dict[str, Path]:
+    """Shard the train and held-out clips (each split in its own folder), then verify them."""
+    out = {}
+    for split, manifest in SPLITS:
+        folder = cfg.out / "shards" / split
+        _run(f"shard {split}", ["shard", "--manifest", str(data / manifest),
+                                "--labels", str(data / "class_labels_indices.csv"),
+                                "--videos", str(data / "videos"), "--out", str(folder),
+                                "--split", split, "--samples-per-shard", "16",
+                                "--frame-size", str(cfg.frame_size),
+                                "--num-frames", str(cfg.num_frames), "--workers", str(cfg.workers)])
+        _run(f"verify {split}", ["verify", "--out", str(folder), "--workers", str(cfg.workers)])
+        out[split] = folder
+    for split, folder in out.items():
+        info = json.loads((folder / "dataset.json").read_text())
+        print(f"shards {split}: {folder}  {_counts_line(info)}")
+    return out
+
+
+def _counts_line(info: dict) -> str:
+    counts = info.get("counts", {})
+    return ", ".join(f"{name} {value}" for name, value in counts.items()
+                     if isinstance(value, (int, float)))
+
+
+def loader_summary(cfg: DemoConfig, shards: dict[str, Path]) -> None:
+    """Read one pretraining batch back through the streaming loader and describe it."""
+    from shards.loader import make_loader
+
+    loader = make_loader(str(shards["train"]), mode="pretrain", batch_size=8, seed=cfg.seed,
+                         num_workers=0, audio_frames=int(cfg.seconds * 100))
+    batch = next(iter(loader))
+    print(f"\nloader: {len(loader)} batches/epoch of 8; batch audio {tuple(batch['audio'].shape)} "
+          f"mean {batch['audio'].mean():.3f} std {batch['audio'].std():.3f}; "
+          f"visual {tuple(batch['visual'].shape)}; keys {batch['keys'][:3]}...")
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=args.out, clips=args.clips, classes=args.classes, seconds=args.seconds,
                      seed=args.seed, workers=args.workers)
@@ -68,5 +108,7 @@ def main(args: argparse.Namespace) -> int:
     info = json.loads((data / "synth.json").read_text())
     print(f"\nsynthetic dataset: {data} ({info.get('clips', cfg.clips)} clips, "
           f"{info.get('classes', cfg.classes)} classes)")
+    shards = shard(cfg, data)
+    loader_summary(cfg, shards)
     print(f"demo finished in {time.time() - started:.1f} s; outputs under {cfg.out}")
     return 0
