@@ -126,6 +126,8 @@ def _peak_memory_gib(device_type: str) -> float:
 def measure(spec: dict, timeout: float) -> dict | None:
     """One configuration in a fresh process; None when it ran out of memory."""
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    if spec.get("threads"):
+        env["OMP_NUM_THREADS"] = str(spec["threads"])
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True,
@@ -179,6 +181,8 @@ def main() -> None:
     parser.add_argument("--memory-batches", default="32,64,128,256")
     parser.add_argument("--chunk", type=int, default=32, help="gradient-caching chunk of the memory study")
     parser.add_argument("--peak-tflops", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS of each measurement (default: torch's choice)")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--json", type=Path, default=None, help="also write every result here")
     args = parser.parse_args()
@@ -189,11 +193,12 @@ def main() -> None:
     precision = "bf16" if args.device == "cuda" else "fp32"
     common = [f"deepspeed.precision={precision}", "deepspeed.zero_stage=2"]
     base_spec = {"device": args.device, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-                 "peak_tflops": args.peak_tflops}
+                 "peak_tflops": args.peak_tflops, "threads": args.threads}
     studies, results = args.studies.split(","), {}
     sizes = args.sizes.split(",")
     print(f"# bench_pretrain: {' '.join(sys.argv[1:]) or '(defaults)'}; device {args.device}, {precision}, "
-          f"{args.repeats} windows of {args.steps} steps after {args.warmup} warm-up\n")
+          f"{args.repeats} windows of {args.steps} steps after {args.warmup} warm-up, "
+          f"threads {args.threads or 'default'}\n")
 
     def spec(size: str, *extra: str, batch: int) -> dict:
         return {**base_spec, "overrides": SIZE_OVERRIDES[size] + common + list(extra), "batch": batch}

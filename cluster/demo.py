@@ -100,6 +100,48 @@ def loader_summary(cfg: DemoConfig, shards: dict[str, Path]) -> None:
           f"visual {tuple(batch['visual'].shape)}; keys {batch['keys'][:3]}...")
 
 
+def learn(cfg: DemoConfig, shards: dict[str, Path]) -> dict[str, Path]:
+    """Pretrain the tiny model, measure retrieval, fine-tune, classify, embed and plot."""
+    run = {name: cfg.out / name for name in ("pretrain", "finetune", "results")}
+    _run("pretrain tiny", ["pretrain", "--config", "tiny_cpu", f"data.train={shards['train']}",
+                           f"seed={cfg.seed}", "--out", str(run["pretrain"]), "--resume", "auto"])
+    _run("retrieval", ["eval", "retrieval", "--model", str(run["pretrain"]),
+                       "--shards", str(shards["eval"]), "--per-class", "5",
+                       "--out", str(run["results"] / "retrieval.json")])
+    _run("fine-tune tiny", ["finetune", "--config", "tiny_cpu", f"data.train={shards['train']}",
+                            f"num_classes={cfg.classes}", "--init", str(run["pretrain"]),
+                            "--out", str(run["finetune"]), "--resume", "auto"])
+    _run("classification", ["eval", "classify", "--model", str(run["finetune"]),
+                            "--shards", str(shards["eval"]),
+                            "--out", str(run["results"] / "classify.json")])
+    _run("embed", ["embed", "--model", str(run["pretrain"]), "--shards", str(shards["eval"]),
+                   "--out", str(run["results"] / "embeddings.parquet")])
+    _run("t-SNE", ["plot", "tsne", "--embeddings", str(run["results"] / "embeddings.parquet"),
+                   "--out", str(cfg.out / "tsne.png")])
+    _run("loss curves", ["plot", "losses", str(run["pretrain"]), str(run["finetune"]),
+                         "--out", str(cfg.out / "losses.png")])
+    return run
+
+
+def summarise(cfg: DemoConfig, run: dict[str, Path], seconds: float) -> dict:
+    """One summary table and runs/demo/summary.json from the evaluation reports."""
+    retrieval = json.loads((run["results"] / "retrieval.json").read_text())["summary"]
+    classify = json.loads((run["results"] / "classify.json").read_text())["summary"]
+    summary = {"retrieval_a2v_r1": retrieval.get("retrieval_a2v_class_r1"),
+               "retrieval_v2a_r1": retrieval.get("retrieval_v2a_class_r1"),
+               "retrieval_a2v_instance_r1": retrieval.get("retrieval_a2v_r1"),
+               "av_map": classify.get("av_map"),
+               "audio_map": classify.get("audio_map"),
+               "visual_map": classify.get("visual_map"),
+               "seconds": round(seconds, 1),
+               "retrieval_summary": retrieval, "classify_summary": classify}
+    (cfg.out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    print("\n" + "\n".join(f"{k:<28} {v}" for k, v in summary.items() if not isinstance(v, dict)))
+    print(f"\nsummary: {cfg.out / 'summary.json'}; t-SNE: {cfg.out / 'tsne.png'}; "
+          f"loss curves: {cfg.out / 'losses.png'}; TensorBoard: tensorboard --logdir {cfg.out}")
+    return summary
+
+
 def main(args: argparse.Namespace) -> int:
     cfg = DemoConfig(out=args.out, clips=args.clips, classes=args.classes, seconds=args.seconds,
                      seed=args.seed, workers=args.workers)
@@ -110,5 +152,7 @@ def main(args: argparse.Namespace) -> int:
           f"{info.get('classes', cfg.classes)} classes)")
     shards = shard(cfg, data)
     loader_summary(cfg, shards)
+    run = learn(cfg, shards)
+    summarise(cfg, run, time.time() - started)
     print(f"demo finished in {time.time() - started:.1f} s; outputs under {cfg.out}")
     return 0

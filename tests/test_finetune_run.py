@@ -103,3 +103,16 @@ def test_eval_classify_reads_the_run_folder(runs, tmp_path):
                    "--out", str(out), "--frames", "middle"]) == 0
     result = json.loads(out.read_text())
     assert result["num_clips"] == 12 and 0.0 <= result["summary"]["av_map"] <= 1.0
+
+
+def test_fusion_blocks_move_about_their_lr_multiplier_faster_than_the_backbone(runs):
+    """Adam's steps scale with the lr: fusion weights (x10) move far more than encoder blocks (x1),
+    which shows the multiplier reached the optimizer group that holds them."""
+    init = load_file(str(runs["root"] / "init.safetensors"))
+    model = load_file(str(runs["a"] / "epochs" / "epoch_001.safetensors"))
+
+    def mean_change(prefix):
+        keys = [k for k in model if k.startswith(prefix) and model[k].ndim > 1]
+        return sum(float((model[k] - init[k]).abs().mean()) for k in keys) / len(keys)
+
+    assert mean_change("fusion.") > 4 * mean_change("blocks.")

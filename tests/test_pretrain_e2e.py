@@ -119,7 +119,7 @@ def test_two_ranks_to_one_through_a_universal_checkpoint(shards, reference, tmp_
     shutil.copytree(source, run / "checkpoints" / source.name)      # resume reads only its own run
     # One step on one rank with an lr far below fp32 resolution: the weights after it are the loaded
     # ones, so they must equal the 2-rank checkpoint's; the step itself must train normally.
-    records = pretrain(shards, run, "--resume", "auto", "max_steps=5", "optim.lr=1e-30")
+    records = pretrain(shards, run, "checkpoint.resume=auto", "max_steps=5", "optim.lr=1e-30")
     assert (run / "checkpoints" / "step_00000004_universal" / "complete.json").exists()
     assert [r["step"] for r in records] == [5] and math.isfinite(records[0]["loss"])
     _cli("export", "--checkpoint", str(source), "--out", str(tmp_path / "two.safetensors"))

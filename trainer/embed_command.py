@@ -28,15 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_norm_arguments(parser)
 
 
-def main(args: argparse.Namespace) -> int:
-    import torch
-
+def _run(args: argparse.Namespace) -> int:
     from trainer.eval_command import loader_options
     from trainer.evaluation.embeddings import write_embeddings
     from trainer.evaluation.inputs import EvalInputs
     from trainer.evaluation.protocols import compute_embeddings, to_table
 
-    torch.set_grad_enabled(False)
     frame = int(args.frame) if str(args.frame).isdigit() else args.frame
     if frame != "middle" and not isinstance(frame, int):
         raise SystemExit(f"avsiam embed: --frame must be middle or a frame index, got {args.frame!r}")
@@ -51,3 +48,10 @@ def main(args: argparse.Namespace) -> int:
     print(f"embed: {len(table)} clips, audio {emb.audio.shape[1]}-d and visual "
           f"{emb.visual.shape[1]}-d vectors -> {out}")
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    with torch.no_grad():  # scoped: a global switch would leak into an in-process caller
+        return _run(args)

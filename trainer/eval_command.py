@@ -70,13 +70,10 @@ def _inputs(args: argparse.Namespace):
                       official_size=args.official_size, loader_options=loader_options(args))
 
 
-def main(args: argparse.Namespace) -> int:
-    import torch
-
+def _run(args: argparse.Namespace) -> int:
     from trainer.evaluation import protocols
     from trainer.evaluation.report import write_report
 
-    torch.set_grad_enabled(False)
     if args.protocol == "classify":
         config = protocols.ClassifyConfig(modes=tuple(m.strip() for m in args.modes.split(",") if m.strip()),
                                           frames=args.frames, activation=args.activation)
@@ -98,3 +95,10 @@ def main(args: argparse.Namespace) -> int:
     print("\n\n".join(t.render() for t in tables))
     print(f"\nresults: {json_path} (table: {text_path})")
     return 0
+
+
+def main(args: argparse.Namespace) -> int:
+    import torch
+
+    with torch.no_grad():  # scoped: a global switch would leak into an in-process caller
+        return _run(args)

@@ -1,7 +1,8 @@
 """Loss curves from the JSONL metrics a run writes (one JSON object per line), as one PNG.
 
 Each file gets its own panel; every numeric field whose name contains one of the `match` words is a
-curve against the step field. Lines that are not JSON (a run killed mid-write) are counted and
+curve against the step field (curves that are zero throughout, i.e. disabled losses, are left
+out). Lines that are not JSON (a run killed mid-write) are counted and
 skipped, never fatal.
 """
 from __future__ import annotations
@@ -68,7 +69,7 @@ def draw_curves(series: list[Series], out: str | Path, width_px: int = 1200, hei
     fig, axes = plt.subplots(1, len(series), figsize=(width_px / dpi, height_px / dpi), dpi=dpi,
                              squeeze=False)
     for ax, s in zip(axes[0], series):
-        for key in sorted(s.values):
+        for key in sorted(k for k, v in s.values.items() if any(v)):  # all-zero: a disabled loss
             ax.plot(s.steps[key], s.values[key], label=key, linewidth=1.0)
         ax.set_title(s.name, fontsize=9)
         ax.set_xlabel("step", fontsize=8)

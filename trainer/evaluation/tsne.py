@@ -13,6 +13,8 @@ import numpy as np
 from trainer.evaluation.embeddings import EmbeddingTable
 from trainer.evaluation.retrieval import select_per_class
 
+MAX_LEGEND_CLASSES = 30
+
 
 @dataclass(kw_only=True)
 class TsneConfig:
@@ -66,6 +68,8 @@ def draw_tsne(table: EmbeddingTable, out: str | Path, config: TsneConfig | None 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     config = config or TsneConfig()
     points, modality, classes = tsne_points(table, config)
@@ -74,20 +78,24 @@ def draw_tsne(table: EmbeddingTable, out: str | Path, config: TsneConfig | None 
     cmap = plt.get_cmap("tab20" if len(distinct) > 10 else "tab10")
     fig = plt.figure(figsize=(config.width_px / config.dpi, config.height_px / config.dpi),
                      dpi=config.dpi)
-    ax = fig.add_axes((0.05, 0.05, 0.72, 0.88))
+    ax = fig.add_axes((0.03, 0.04, 0.62, 0.89))
+    handles = []
     for rank, c in enumerate(distinct):
         colour = cmap(rank % cmap.N)
-        name = (class_names or {}).get(c, str(c))
-        for mod, marker, label in ((0, "o", f"{name} audio"), (1, "^", f"{name} visual")):
+        for mod, marker in ((0, "o"), (1, "^")):
             sel = (colour_of == c) & (modality == mod)
-            ax.scatter(points[sel, 0], points[sel, 1], s=14, marker=marker, color=colour,
-                       alpha=0.8, label=label if len(distinct) <= 12 else None,
+            ax.scatter(points[sel, 0], points[sel, 1], s=14, marker=marker, color=colour, alpha=0.8,
                        edgecolors="none")
+        name = (class_names or {}).get(c, f"class {c}")
+        handles.append(Patch(color=colour, label=name if len(name) <= 38 else name[:37] + "..."))
+    handles += [Line2D([], [], marker="o", color="grey", linestyle="", label="audio"),
+                Line2D([], [], marker="^", color="grey", linestyle="", label="visual")]
     ax.set_title(config.title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
-    if len(distinct) <= 12:
-        fig.legend(loc="center right", fontsize=6, frameon=False, markerscale=1.2)
+    if len(distinct) <= MAX_LEGEND_CLASSES:
+        fig.legend(handles=handles, loc="center left", bbox_to_anchor=(0.66, 0.5), fontsize=6,
+                   frameon=False)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.stem + ".tmp.png")

@@ -79,11 +79,15 @@ class _Run:
                                          cfg.deepspeed.zero_stage)
         point = find_resume_point(cfg.checkpoint.resume, cfg.checkpoint_dir)
         if point is not None:
+            if point.world_size != ctx.world_size:
+                raise RuntimeError(f"{point.path} was written by {point.world_size} ranks; fine-tuning "
+                                   f"resumes on the same number of ranks only (here {ctx.world_size})")
             point = self.checkpointer.prepare(point)
         self.model = build_finetune_model(cfg)
         self.model.set_grad_checkpointing(cfg.deepspeed.grad_checkpointing)
-        self.engine, self.groups = create_finetune_engine(FinetuneModule(self.model), cfg, ctx.world_size,
-                                                     ctx.device_type, point is not None and point.universal)
+        self.engine, self.groups = create_finetune_engine(
+            FinetuneModule(self.model), cfg, ctx.world_size, ctx.device_type,
+            point is not None and point.universal)
         torch.manual_seed(cfg.seed * 1000 + ctx.rank + 1)
         mc = self.model.config
         self.loader = make_loader(cfg.data.train, mode="finetune", batch_size=cfg.data.batch_size,
@@ -98,9 +102,6 @@ class _Run:
         if point is not None:
             client, mine = self.checkpointer.load(self.engine, point)
             self.state.load_state_dict(client["train"])
-            if mine is None:
-                raise RuntimeError(f"{point.path} was written by {point.world_size} ranks; fine-tuning "
-                                   f"resumes on the same number of ranks only")
             self.loader.load_state_dict(mine["loader"])
         self.resume_point = point
         self.stepper = FinetuneStep(self.engine, HeadSchedule(cfg.heads.mix, cfg.seed), cfg.loss,
