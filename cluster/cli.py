@@ -59,6 +59,15 @@ def _top_parser(commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser
     )
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """Options may stand anywhere among `key=value` overrides (`--out DIR max_steps=3`); commands with
+    sub-commands (argparse cannot intermix those) parse the plain way."""
+    try:
+        return parser.parse_intermixed_args(argv)
+    except TypeError:
+        return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = available_commands()
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"avsiam {name}", description=help_text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
+    args = _parse(parser, argv[1:])
     try:
         code = module.main(args)
     except KeyboardInterrupt:

@@ -41,3 +41,15 @@ def test_registry_names_modules_of_the_four_packages():
     for name, (module, help_text) in COMMANDS.items():
         assert module.split(".")[0] in {"pipeline", "shards", "trainer", "cluster"}, name
         assert help_text and not help_text.endswith(".")
+
+
+def test_overrides_may_follow_options():
+    proc = _avsiam("pretrain", "--config", "tiny_cpu", "--out", "runs/x", "max_steps=3",
+                   "--resume", "auto", "seed=7", "--print-config")
+    assert proc.returncode == 0, proc.stderr
+    assert '"max_steps": 3' in proc.stdout and '"seed": 7' in proc.stdout
+
+
+def test_commands_with_subcommands_still_parse():
+    proc = _avsiam("eval", "retrieval", "--help")
+    assert proc.returncode == 0, proc.stderr
