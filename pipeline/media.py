@@ -18,7 +18,8 @@ from pathlib import Path
 import ffmpeg
 
 from pipeline import errors
-from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessTimeout, run_bounded)
+from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessResult, ProcessTimeout,
+                                      run_bounded)
 from pipeline.params import SAMPLE_RATE, ClipParams, MediaLimits
 
 FALLBACK_FPS = 25.0
@@ -69,6 +70,21 @@ def _last_lines(text: str) -> str:
     return " / ".join(last)[-400:] if last else "no message"
 
 
+def _run_tool(tool: str, build, *, outputs: dict[str, int], timeout_s: float, limits: MediaLimits,
+              failure: str, timeout_hint: str) -> ProcessResult:
+    """`run_bounded` with its failures as ClipErrors: TIMEOUT, OUTPUT_TOO_LARGE, or `failure` for a
+    non-zero exit (with the last lines of stderr)."""
+    try:
+        result = run_bounded(build, outputs=outputs, timeout_s=timeout_s, memory_mb=limits.ffmpeg_memory_mb)
+    except ProcessTimeout as exc:
+        raise errors.ClipError(errors.TIMEOUT, f"{tool} {exc} ({timeout_hint})")
+    except OutputLimitExceeded as exc:
+        raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"{tool} {exc}")
+    if result.returncode != 0:
+        raise errors.ClipError(failure, f"{tool} exit {result.returncode}: {_last_lines(result.stderr_tail)}")
+    return result
+
+
 def _ratio(text: str | None) -> float:
     try:
         value = float(Fraction(text)) if text else 0.0
@@ -97,17 +113,9 @@ def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
     """Streams, dimensions and duration of `path`, checked against the limits."""
     command = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json",
                _input_url(path)]
-    try:
-        result = run_bounded(lambda urls: command, outputs={STDOUT: limits.probe_max_bytes},
-                             timeout_s=limits.probe_timeout_s, memory_mb=limits.ffmpeg_memory_mb)
-    except ProcessTimeout as exc:
-        raise errors.ClipError(errors.TIMEOUT, f"ffprobe {exc} (file blocks or is unreadable)")
-    except OutputLimitExceeded as exc:
-        raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffprobe {exc}")
-    if result.returncode != 0:
-        raise errors.ClipError(errors.PROBE_FAILED,
-                               f"ffprobe exit {result.returncode}: "
-                               f"{_last_lines(result.stderr_tail)}")
+    result = _run_tool("ffprobe", lambda urls: command, outputs={STDOUT: limits.probe_max_bytes},
+                       timeout_s=limits.probe_timeout_s, limits=limits, failure=errors.PROBE_FAILED,
+                       timeout_hint="file blocks or is unreadable")
     try:
         data = json.loads(result.outputs[STDOUT] or b"{}")
     except ValueError as exc:
@@ -206,17 +214,9 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
                               frame_indices=frame_indices, params=params, limits=limits,
                               video_url=urls.get(STDOUT), audio_url=urls.get(_AUDIO))
 
-    try:
-        result = run_bounded(build, outputs=outputs, timeout_s=limits.decode_timeout_s,
-                             memory_mb=limits.ffmpeg_memory_mb)
-    except ProcessTimeout as exc:
-        raise errors.ClipError(errors.TIMEOUT, f"ffmpeg {exc} (decode of {seconds:g} s window)")
-    except OutputLimitExceeded as exc:
-        raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"ffmpeg {exc}")
-    if result.returncode != 0:
-        raise errors.ClipError(errors.DECODE_FAILED,
-                               f"ffmpeg exit {result.returncode}: "
-                               f"{_last_lines(result.stderr_tail)}")
+    result = _run_tool("ffmpeg", build, outputs=outputs, timeout_s=limits.decode_timeout_s,
+                       limits=limits, failure=errors.DECODE_FAILED,
+                       timeout_hint=f"decode of {seconds:g} s window")
     raw = result.outputs.get(STDOUT, b"")
     frame_bytes = size * size * 3
     frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]

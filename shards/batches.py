@@ -2,7 +2,8 @@
 normalise -> noise -> roll (the CAV-MAE order, see transforms.py).
 
 Batch fields: audio [B, F, 128], visual [B, 3, S, S] (or [B, N, 3, S, S]), both float32 (or
-`output_dtype`: computed in float32, handed over in bfloat16/float16, half the bytes), labels,
+`output_dtype`: computed in float32, handed over in bfloat16/float16, half the bytes; with
+`raw_frames` visual is uint8, normalised later by `transforms.model_input`), labels,
 keys, valid [B] bool (False: the row is a stand-in for a bad sample, or eval padding), audio_valid
 [B] (real fbank rows before padding), source [B] (dataset index), skipped {reason: count} for this
 batch, lane, lane_batch; mix_lambda / mix_partner [B] with mixup.
@@ -28,8 +29,10 @@ from .transforms import (add_noise, label_target, normalise_fbank, normalise_fra
 class BatchFinisher:
     """Stage: (k, rows, rngs, spare) -> batch dict."""
 
-    def __init__(self, cfg: LoaderConfig, norm, epoch: int, lane: int, counter: SkipCounter):
+    def __init__(self, cfg: LoaderConfig, norm, epoch: int, lane: int, counter: SkipCounter,
+                 handover: tuple | None = None):
         self.cfg, self.counter, self.lane = cfg, counter, lane
+        self.handover = handover        # (HandoverRing, worker id) inside a worker with a ring
         self.batch_seed = (cfg.seed, epoch, TAG_BATCH, cfg.rank, lane)
         self.mean = torch.tensor([m for m, _ in norm], dtype=torch.float32)
         self.std = torch.tensor([s for _, s in norm], dtype=torch.float32)
@@ -47,9 +50,12 @@ class BatchFinisher:
         valid = torch.tensor([r is not None for r in rows])
         if cfg.mode != "eval":
             rows = fill_bad(rows, spare)
-        batch = collate(rows, cfg)
+        writer = self.handover[0].acquire(self.handover[1]) if self.handover else None
+        alloc = writer.empty if writer else _output_allocator()
+        batch = collate(rows, cfg, alloc)
         batch["valid"] = valid
-        live = [r if r is not None else np.random.default_rng(0) for r in rngs]
+        if cfg.per_sample_draws:
+            live = [r if r is not None else np.random.default_rng(0) for r in rngs]
         if cfg.mixup > 0:
             pairs = mixup_pairs(len(rows), cfg.mixup, cfg.mixup_alpha, rng_for(*self.batch_seed, k))
             apply_mixup(batch, pairs)
@@ -65,11 +71,11 @@ class BatchFinisher:
             batch["audio"][~valid] = 0.0
             batch["visual"][~valid] = 0.0
         if cfg.output_dtype != "float32":
-            dtype, shared = getattr(torch, cfg.output_dtype), get_worker_info() is not None
-            for name in ("audio", "visual"):
-                batch[name] = _empty(batch[name].shape, dtype, shared).copy_(batch[name])
+            dtype = getattr(torch, cfg.output_dtype)
+            for name in ("audio",) if cfg.raw_frames else ("audio", "visual"):
+                batch[name] = alloc(name, batch[name].shape, dtype).copy_(batch[name])
         batch.update(skipped=self.counter.take_delta(), lane=self.lane, lane_batch=k)
-        return batch
+        return writer.seal(batch) if writer else batch
 
 
 def fill_bad(rows: list, spare: dict | None) -> list:
@@ -84,16 +90,22 @@ def fill_bad(rows: list, spare: dict | None) -> list:
             for i, row in enumerate(rows)]
 
 
-def collate(rows: list, cfg: LoaderConfig) -> dict:
+def collate(rows: list, cfg: LoaderConfig, alloc=None) -> dict:
     """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded, frames normalised.
 
-    Inside a DataLoader worker the big float32 outputs are made in shared memory, so handing the
-    batch to the main process copies nothing (with another output_dtype, `finish` makes them)."""
+    `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made (audio
+    in float32, visual as uint8 with raw_frames or in float32): shared memory or a hand-over slot
+    inside a worker (see `_output_allocator`, shards.handover). Other dtypes are made by `finish`."""
+    alloc = alloc or _output_allocator()
     size = len(rows)
     n_frames = cfg.num_frames if cfg.frames == "all" else 1
-    shared = get_worker_info() is not None and cfg.output_dtype == "float32"
-    audio = _empty((size, cfg.audio_frames, NUM_MEL_BINS), torch.float32, shared)
-    frames = torch.empty((size, n_frames, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
+    frames_shape = (size, n_frames, 3, cfg.image_size, cfg.image_size)
+    visual_shape = frames_shape if cfg.frames == "all" else frames_shape[:1] + frames_shape[2:]
+    final = cfg.output_dtype == "float32"
+    audio_shape = (size, cfg.audio_frames, NUM_MEL_BINS)
+    audio = alloc("audio", audio_shape, torch.float32) if final else torch.empty(audio_shape)
+    frames = alloc("visual", visual_shape, torch.uint8).view(frames_shape) if cfg.raw_frames \
+        else torch.empty(frames_shape, dtype=torch.uint8)
     valid = torch.zeros(size, dtype=torch.long)
     for i, row in enumerate(rows):
         if row is None:
@@ -103,7 +115,11 @@ def collate(rows: list, cfg: LoaderConfig) -> dict:
         valid[i] = place_fbank(audio[i], row["fbank"])
         for j, frame in enumerate(row["frames"]):
             frames[i, j] = frame
-    visual = normalise_frames(frames, out=_empty(frames.shape, torch.float32, shared))
+    if cfg.raw_frames:
+        visual = frames
+    else:
+        out = alloc("visual", visual_shape, torch.float32) if final else torch.empty(visual_shape)
+        visual = normalise_frames(frames, out=out.view(frames_shape))
     blank = label_target([], cfg.num_classes, cfg.label_type, 0.0)
     if isinstance(blank, torch.Tensor):
         blank = torch.zeros_like(blank)
@@ -114,11 +130,18 @@ def collate(rows: list, cfg: LoaderConfig) -> dict:
     return {
         "audio": audio,
         "audio_valid": valid,
-        "visual": visual if cfg.frames == "all" else visual[:, 0],
+        "visual": visual.view(visual_shape),
         "labels": labels,
         "keys": [row["key"] if row else "" for row in rows],
         "source": torch.tensor([row["source"] if row else 0 for row in rows], dtype=torch.long),
     }
+
+
+def _output_allocator():
+    """Outside a ring: outputs in shared memory inside a DataLoader worker (handing them to the
+    main process copies nothing), ordinary memory in the main process."""
+    shared = get_worker_info() is not None
+    return lambda name, shape, dtype: _empty(shape, dtype, shared)
 
 
 def _empty(shape, dtype, shared: bool) -> torch.Tensor:

@@ -70,6 +70,9 @@ class LoaderConfig:
     pin_memory: bool = False
     output_dtype: str = "float32"    # audio/visual as handed out: float32 | bfloat16 | float16
     #                                  (computed in float32 either way; half the bytes to move)
+    raw_frames: bool = False         # visual handed out as uint8, un-normalised (1/4 of the float32
+    #                                  bytes, no normalising in the workers); `model_input` moves it
+    #                                  and normalises it on the device (the trainer does). No mixup.
     on_error: str = "skip"           # skip (count + rate-limited warning) | raise
 
     def __post_init__(self) -> None:
@@ -109,6 +112,13 @@ class LoaderConfig:
         if self.samples_per_epoch is not None:
             _positive("samples_per_epoch", self.samples_per_epoch)
 
+    @property
+    def per_sample_draws(self) -> bool:
+        """Whether decoding or finishing a row draws random numbers (resolved configs): a frame
+        chosen at decode time (random with balanced sampling), SpecAugment, noise or roll."""
+        return bool(self.noise or self.roll or self.freqm or self.timem
+                    or (self.frames == "random" and self.balanced))
+
     def resolved(self, *, fbank_mean: float, fbank_std: float, image_size: int,
                  num_frames: int) -> "LoaderConfig":
         """A copy with mode defaults and dataset facts filled in, checked for consistency."""
@@ -126,6 +136,9 @@ class LoaderConfig:
             raise ValueError("label_type='index' cannot carry mixup or label smoothing; use "
                              "label_type='multi_hot' (soft targets; cross-entropy accepts them) "
                              "or set mixup=0, label_smoothing=0")
+        if self.raw_frames and self.mixup > 0:
+            raise ValueError("raw_frames hands frames over as uint8, which cannot hold mixed "
+                             "frames; set mixup=0 or raw_frames=False")
         if (soft or self.balanced) and self.num_classes is None:
             raise ValueError("mixup, label smoothing and balanced sampling need num_classes")
         if self.mode == "eval":

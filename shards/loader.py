@@ -38,6 +38,7 @@ from .balance import (label_weights, manifest_label_counts, mean_sample_weight, 
                       scan_label_counts)
 from .config import LoaderConfig
 from .format import DEFAULT_FBANK_MEAN, DEFAULT_FBANK_STD, DEFAULT_FRAME_SIZE, DEFAULT_NUM_FRAMES
+from .handover import SLOT_KEY, HandoverRing, batch_layout
 from .shardlists import check_enough_shards, eval_shards
 from .sources import DatasetSource, resolve_sources
 from .state import LoaderState
@@ -138,9 +139,10 @@ def _balance(cfg: LoaderConfig, datasets: list[DatasetSource]):
 class RankStream(IterableDataset):
     """The rank's batches [start, end) of an epoch; worker w serves the lanes of its batches."""
 
-    def __init__(self, spec: StreamSpec, epoch: int, start: int, end: int):
+    def __init__(self, spec: StreamSpec, epoch: int, start: int, end: int,
+                 ring: HandoverRing | None = None):
         super().__init__()
-        self.spec, self.epoch, self.start, self.end = spec, epoch, start, end
+        self.spec, self.epoch, self.start, self.end, self.ring = spec, epoch, start, end, ring
 
     def __iter__(self):
         info = get_worker_info()
@@ -148,13 +150,15 @@ class RankStream(IterableDataset):
         if info is not None:
             torch.set_num_threads(1)
         lanes = self.spec.cfg.lanes
+        handover = (self.ring, worker) if self.ring is not None and info is not None else None
         streams = {}
         try:
             for j in range(self.start + worker, self.end, workers):
                 lane = j % lanes
                 if lane not in streams:
                     skip = lane_batch_count_before(self.start, lane, lanes)
-                    streams[lane] = run_stages(build_lane(self.spec, self.epoch, lane, skip))
+                    streams[lane] = run_stages(build_lane(self.spec, self.epoch, lane, skip,
+                                                          handover))
                 batch = next(streams[lane], None)
                 if batch is None or batch["lane_batch"] != j // lanes:
                     raise RuntimeError(f"lane {lane} did not yield its batch {j // lanes}; this "
@@ -207,11 +211,16 @@ class StreamingLoader:
 
     def __iter__(self):
         cfg, state = self.spec.cfg, self.state
-        stream = RankStream(self.spec, state.epoch, state.batches, self.spec.epoch_batches)
+        ring = HandoverRing(batch_layout(cfg), cfg.num_workers, cfg.prefetch_factor + 2) \
+            if cfg.num_workers else None
+        pin = cfg.pin_memory and torch.cuda.is_available()
+        stream = RankStream(self.spec, state.epoch, state.batches, self.spec.epoch_batches, ring)
         loader = DataLoader(stream, batch_size=None, num_workers=cfg.num_workers,
                             prefetch_factor=cfg.prefetch_factor if cfg.num_workers else None,
                             pin_memory=cfg.pin_memory, in_order=True, persistent_workers=False)
         for batch in loader:
+            if SLOT_KEY in batch:
+                batch = ring.take(batch, pin)
             if batch["index"] != state.batches or batch["epoch"] != state.epoch:
                 raise RuntimeError(f"got batch {batch['epoch']}:{batch['index']} while expecting "
                                    f"{state.epoch}:{state.batches}; this is a bug in shards.loader")

@@ -43,6 +43,7 @@ class RowDecoder:
         self.cfg = cfg
         self.seed = (cfg.seed, epoch, TAG_SAMPLE, cfg.rank, lane)
         self.fill = cfg.mode != "eval"
+        self.draws = cfg.per_sample_draws     # else no row generator is made (none would be used)
 
     def __call__(self, groups):
         groups = iter(groups)
@@ -62,7 +63,7 @@ class RowDecoder:
         if nxt is None:
             return None
         k, group = nxt
-        rngs = [rng_for(*self.seed, p) if p is not None else None for p, _ in group]
+        rngs = [rng_for(*self.seed, p) if p is not None and self.draws else None for p, _ in group]
         return k, [self.row(raw, rng) for (_, raw), rng in zip(group, rngs)], rngs
 
     def _spare(self, groups, ahead: deque, rows: list) -> dict:

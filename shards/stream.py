@@ -64,8 +64,10 @@ def lane_batch_count_before(batches: int, lane: int, lanes: int) -> int:
     return max(0, (batches - lane + lanes - 1) // lanes)
 
 
-def build_lane(spec: StreamSpec, epoch: int, lane: int, skip: int) -> list[tuple[str, Callable]]:
-    """The lane's stages, in order; `run_stages` chains them. `skip`: batches already consumed."""
+def build_lane(spec: StreamSpec, epoch: int, lane: int, skip: int,
+               handover: tuple | None = None) -> list[tuple[str, Callable]]:
+    """The lane's stages, in order; `run_stages` chains them. `skip`: batches already consumed;
+    `handover`: (HandoverRing, worker id) when batches leave a worker through a ring."""
     cfg, rank = spec.cfg, spec.cfg.rank
     counter = SkipCounter(cfg.on_error)
     stages: list[tuple[str, Callable]] = [("samples", DatasetSamples(spec, epoch, lane))]
@@ -79,7 +81,7 @@ def build_lane(spec: StreamSpec, epoch: int, lane: int, skip: int) -> list[tuple
         ("group", GroupBatches(cfg.batch_size, spec.lane_batches)),
         ("skip", SkipBatches(skip)),
         ("decode", RowDecoder(cfg, epoch, lane)),
-        ("finish", BatchFinisher(cfg, spec.norm, epoch, lane, counter)),
+        ("finish", BatchFinisher(cfg, spec.norm, epoch, lane, counter, handover)),
     ]
     return stages
 

@@ -83,9 +83,19 @@ def roll_time(audio: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Ten
 
 
 def normalise_frames(frames_u8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std (into `out` if given)."""
+    """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std (into `out` if given), on the
+    tensor's device."""
     shape = [1] * (frames_u8.ndim - 3) + [3, 1, 1]
-    mean = torch.tensor(IMAGENET_MEAN).view(shape) * 255.0
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD).view(shape) * 255.0)
-    out = torch.empty(frames_u8.shape, dtype=torch.float32) if out is None else out
+    mean = torch.tensor(IMAGENET_MEAN, device=frames_u8.device).view(shape) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=frames_u8.device).view(shape) * 255.0)
+    if out is None:
+        out = torch.empty(frames_u8.shape, dtype=torch.float32, device=frames_u8.device)
     return out.copy_(frames_u8).sub_(mean).mul_(inv_std)
+
+
+def model_input(x: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """A batch tensor as the model takes it: on `device` as `dtype`. uint8 tensors are raw frames
+    (`raw_frames=True`): they move as bytes and are normalised (ImageNet mean/std) on the device."""
+    if x.dtype != torch.uint8:
+        return x.to(device, dtype=dtype, non_blocking=True)
+    return normalise_frames(x.to(device, non_blocking=True)).to(dtype)

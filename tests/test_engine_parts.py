@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from trainer.engine.checkpoint import (COMPLETE, Checkpointer, complete_checkpoints, find_resume_point,
-                                       restore_rng, capture_rng)
+                                       open_run_checkpoints, restore_rng, capture_rng)
 from trainer.engine.config import load_config, preset_names
 from trainer.engine.deepspeed_config import derive_deepspeed_config
 from trainer.engine.distributed import DistContext, DistEnv, detect_env, first_host, slurm_port
@@ -136,6 +136,20 @@ def test_prune_keeps_the_newest_and_drops_leftovers(tmp_path):
     Checkpointer(tmp_path, ctx, keep=2).prune()
     assert [p.step for p in complete_checkpoints(tmp_path)] == [20, 30]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step_00000020", "step_00000030"]
+
+
+def test_run_checkpoints_resume_point_and_the_same_world_size_rule(tmp_path):
+    _fake_checkpoint(tmp_path, 10)                       # written by 2 ranks with ZeRO-2
+    cfg = load_config("tiny_cpu", [f"checkpoint.dir={tmp_path}", "checkpoint.resume=auto",
+                                   "deepspeed.zero_stage=2"])
+    two = DistContext(env=DistEnv(0, 2, 0, "127.0.0.1", 1, "single"), device_type="cpu", backend="gloo")
+    checkpointer, point = open_run_checkpoints(cfg, two, same_world_size=True)
+    assert checkpointer.root == tmp_path and point.step == 10 and not point.universal
+    one = DistContext(env=DistEnv(0, 1, 0, "127.0.0.1", 1, "single"), device_type="cpu", backend="gloo")
+    with pytest.raises(RuntimeError, match="written by 2 ranks.*same number of ranks"):
+        open_run_checkpoints(cfg, one, same_world_size=True)
+    cfg.checkpoint.resume = "none"
+    assert open_run_checkpoints(cfg, one, same_world_size=True)[1] is None
 
 
 def test_rng_states_round_trip():

@@ -182,3 +182,40 @@ def test_output_dtype_hands_over_half_the_bytes(split):
     assert half["audio"].dtype == half["visual"].dtype == torch.bfloat16
     assert torch.allclose(half["audio"].float(), full["audio"], atol=0.02, rtol=0.01)
     assert torch.allclose(half["visual"].float(), full["visual"], atol=0.02, rtol=0.01)
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_raw_frames_hand_over_uint8_that_normalise_to_the_float_batch(split, workers):
+    from shards.transforms import model_input
+
+    options = dict(mode="pretrain", audio_frames=64, seed=4, num_workers=workers)
+    full = first_batch(split, **options)
+    raw = first_batch(split, raw_frames=True, output_dtype="bfloat16", **options)
+    assert raw["keys"] == full["keys"]
+    assert raw["visual"].dtype == torch.uint8 and raw["visual"].shape == full["visual"].shape
+    assert raw["audio"].dtype == torch.bfloat16
+    assert torch.equal(model_input(raw["visual"], "cpu", torch.float32), full["visual"])
+    assert model_input(raw["visual"], "cpu", torch.bfloat16).dtype == torch.bfloat16
+    assert torch.equal(model_input(full["audio"], "cpu", torch.float32), full["audio"])
+
+
+def test_raw_frames_refuse_mixup(split):
+    with pytest.raises(ValueError, match="raw_frames.*mixup=0"):
+        make_loader(str(split), mode="finetune", batch_size=4, num_classes=3, raw_frames=True)
+
+
+@pytest.mark.parametrize("options", [dict(), dict(output_dtype="bfloat16"),
+                                     dict(raw_frames=True, output_dtype="float16")])
+def test_worker_batches_come_through_the_ring_and_stay_valid_when_kept(split, options):
+    """20 batches from 2 workers (4 recycled ring slots each) kept until the end equal the batches
+    made in-process: a slot is reused only after its batch was copied out."""
+    common = dict(mode="pretrain", batch_size=2, audio_frames=32, seed=7, lanes=2,
+                  resampled=True, samples_per_epoch=40, **options)
+    kept = list(make_loader(str(split), num_workers=2, **common))
+    alone = list(make_loader(str(split), num_workers=0, **common))
+    assert len(kept) == len(alone) == 20
+    for a, b in zip(kept, alone):
+        assert a["keys"] == b["keys"]
+        for name in ("audio", "visual"):
+            assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name])
+            assert not a[name].is_shared()          # copied out of the ring, owned by the caller

@@ -62,3 +62,14 @@ def shard_args(manifest: Path, labels: Path | None, videos: Path, out: Path, *ex
     if labels is not None:
         args += ["--labels", str(labels)]
     return args + list(extra)
+
+
+def synth_segments(root: Path, *, clips: int, classes: int, seed: int) -> tuple[dict, list[str]]:
+    """A synthetic dataset of 2-s 160x120 25-fps clips under root/synth (`write_dataset`'s summary)
+    and one AudioSet segments-CSV row per clip: `YTID, 0.000, 2.000, "label,..."`."""
+    from pipeline.synth import SynthConfig, write_dataset
+
+    summary = write_dataset(SynthConfig(out=root / "synth", clips=clips, classes=classes, seed=seed,
+                                        seconds=2.0, size=(160, 120), fps=25, workers=2))
+    rows = [f'{c["ytid"]}, 0.000, 2.000, "{",".join(c["labels"])}"' for c in summary["clips"]]
+    return summary, rows

@@ -12,9 +12,8 @@ from pathlib import Path
 import pytest
 
 from cluster.cli import main as cli
-from pipeline.synth import SynthConfig, write_dataset
 from shards import format as fmt
-from tests.test_pipeline_fixtures import REPO, shard_args, snapshot
+from tests.test_pipeline_fixtures import REPO, shard_args, snapshot, synth_segments
 
 pytestmark = pytest.mark.multiproc
 
@@ -22,10 +21,8 @@ pytestmark = pytest.mark.multiproc
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
-    summary = write_dataset(SynthConfig(out=root / "synth", clips=10, classes=2, seed=3,
-                                        seconds=2.0, size=(160, 120), fps=25, workers=2))
+    summary, rows = synth_segments(root, clips=10, classes=2, seed=3)
     manifest = Path(summary["balanced_train_csv"]).with_name("all.csv")
-    rows = [f'{c["ytid"]}, 0, 2, "{",".join(c["labels"])}"' for c in summary["clips"]]
     rows.insert(4, 'gone0001, 0, 2, ""')          # a failed row in shard 1
     manifest.write_text("# x\n# y\n# z\n" + "\n".join(rows) + "\n")
     return dict(manifest=manifest, labels=Path(summary["labels_csv"]),

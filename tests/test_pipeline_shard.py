@@ -15,9 +15,8 @@ import pytest
 
 from cluster.cli import main as cli
 from pipeline.stats import Moments, combine_all, sample_moments
-from pipeline.synth import SynthConfig, write_dataset
 from shards import format as fmt
-from tests.test_pipeline_fixtures import run_cli, shard_args, snapshot
+from tests.test_pipeline_fixtures import run_cli, shard_args, snapshot, synth_segments
 
 pytestmark = pytest.mark.multiproc
 
@@ -25,14 +24,11 @@ pytestmark = pytest.mark.multiproc
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("shard")
-    summary = write_dataset(SynthConfig(out=root / "synth", clips=8, classes=3, seed=0,
-                                        seconds=2.0, size=(160, 120), fps=25, workers=2))
+    summary, rows = synth_segments(root, clips=8, classes=3, seed=0)
     videos = root / "synth" / "videos"
     (videos / "corrupt0001.mp4").write_bytes(np.random.default_rng(1).bytes(5000))
     lines = ["# Segments csv", "# num_ytids=10",
-             "# YTID, start_seconds, end_seconds, positive_labels"]
-    for clip in summary["clips"]:
-        lines.append(f'{clip["ytid"]}, 0.000, 2.000, "{",".join(clip["labels"])}"')
+             "# YTID, start_seconds, end_seconds, positive_labels", *rows]
     labels = root / "synth" / "class_labels_indices.csv"
     mid = summary["clips"][0]["labels"][0]
     lines.insert(5, f'missing0001, 0.000, 2.000, "{mid}"')

@@ -13,45 +13,28 @@ from __future__ import annotations
 
 import argparse
 
+from trainer.command_args import add_run_arguments, load_run_config, print_on_main_rank
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
-                        help="YAML file or preset: as20k, as2m, vggsound, tiny_cpu")
-    parser.add_argument("--init", default=None,
-                        help="pretrained weights (same as init.checkpoint=...): .safetensors, a "
-                             "pretraining run folder, or an official .pth")
-    parser.add_argument("--resume", default=None,
-                        help="auto, none, or a checkpoint folder; same as checkpoint.resume=...")
-    parser.add_argument("--out", default=None, help="run folder; same as out_dir=...")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides with dotted keys, e.g. optim.lr=5e-5 heads.head_lr_mult=10")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_run_arguments(parser, config_help="YAML file or preset: as20k, as2m, vggsound, tiny_cpu",
+                      override_example="optim.lr=5e-5 heads.head_lr_mult=10",
+                      init_help="pretrained weights (same as init.checkpoint=...): .safetensors, a "
+                                "pretraining run folder, or an official .pth")
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
-    import os
-
     from trainer.finetune.config import load_finetune_config
 
-    overrides = list(args.overrides)
-    for flag, key in ((args.init, "init.checkpoint"), (args.out, "out_dir"),
-                      (args.resume, "checkpoint.resume")):
-        if flag is not None:
-            overrides.append(f"{key}={flag}")
-    cfg = load_finetune_config(args.config, overrides)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
+    cfg = load_run_config(args, load_finetune_config, "finetune")
+    if cfg is None:
         return 0
-    if not cfg.data.train:
-        raise SystemExit("avsiam finetune: no training shards; set data.train=DIR_OR_URLS")
     if not cfg.init.checkpoint and not cfg.model:
         raise SystemExit("avsiam finetune: no starting weights; set init.checkpoint=FILE_OR_RUN (or "
                          "describe a model to train from scratch with model.size=... etc.)")
     from trainer.finetune.run import finetune
     summary = finetune(cfg)
-    if os.environ.get("RANK", "0") == "0":
-        print(f"finetune: {summary.stopped} after step {summary.step} ({summary.epochs_done} epochs); "
-              f"model: {summary.model or 'none yet (resume with --resume auto)'}; "
-              f"metrics: {cfg.out_dir}/metrics.jsonl", flush=True)
+    print_on_main_rank(f"finetune: {summary.stopped} after step {summary.step} ({summary.epochs_done} "
+                       f"epochs); model: {summary.model or 'none yet (resume with --resume auto)'}; "
+                       f"metrics: {cfg.out_dir}/metrics.jsonl")
     return 0

@@ -12,41 +12,23 @@ from __future__ import annotations
 
 import argparse
 
+from trainer.command_args import add_run_arguments, load_run_config, print_on_main_rank
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True,
-                        help="YAML config file, or a preset name: tiny_cpu, avsiam_base, avsiam_large, avsiam_huge")
-    parser.add_argument("--resume", default=None,
-                        help="auto (newest complete checkpoint, if any), none, or a checkpoint folder; "
-                             "same as checkpoint.resume=...")
-    parser.add_argument("--out", default=None, help="run folder (logs, metrics, checkpoints); same as out_dir=...")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="config overrides with dotted keys, e.g. optim.lr=3e-4 deepspeed.zero_stage=3")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    add_run_arguments(parser, override_example="optim.lr=3e-4 deepspeed.zero_stage=3",
+                      config_help="YAML config file, or a preset name: tiny_cpu, avsiam_base, "
+                                  "avsiam_large, avsiam_huge")
 
 
 def main(args: argparse.Namespace) -> int:
-    import json
-
     from trainer.engine.config import load_config
 
-    overrides = list(args.overrides)
-    if args.out is not None:
-        overrides.append(f"out_dir={args.out}")
-    if args.resume is not None:
-        overrides.append(f"checkpoint.resume={args.resume}")
-    cfg = load_config(args.config, overrides)
-    if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=1))
-        return 0
-    if not cfg.data.train:
-        raise SystemExit("avsiam pretrain: no training shards; set data.train=DIR_OR_URLS "
-                         "(e.g. the --out folder of `avsiam shard`)")
-    from trainer.engine.trainer import train
-    summary = train(cfg)
-    import os
-    if os.environ.get("RANK", "0") == "0":
-        print(f"pretrain: {summary.stopped} after step {summary.step}; metrics: {cfg.out_dir}/metrics.jsonl; "
-              f"TensorBoard: tensorboard --logdir {cfg.out_dir}/tensorboard; "
-              f"checkpoint: {summary.checkpoint or 'none'}", flush=True)
+    cfg = load_run_config(args, load_config, "pretrain")
+    if cfg is not None:                     # None: --print-config
+        from trainer.engine.trainer import train
+        summary = train(cfg)
+        print_on_main_rank(f"pretrain: {summary.stopped} after step {summary.step}; metrics: "
+                           f"{cfg.out_dir}/metrics.jsonl; TensorBoard: tensorboard --logdir "
+                           f"{cfg.out_dir}/tensorboard; checkpoint: {summary.checkpoint or 'none'}")
     return 0

@@ -181,6 +181,21 @@ class Checkpointer:
         return client, mine
 
 
+def open_run_checkpoints(cfg, ctx: DistContext, *, same_world_size: bool = False
+                         ) -> tuple[Checkpointer, ResumePoint | None]:
+    """The Checkpointer of a run config (`checkpoint_dir`, `checkpoint.keep/resume`,
+    `deepspeed.zero_stage`) and the point it resumes from, prepared for loading (None: fresh start).
+    `same_world_size`: refuse a checkpoint written by another number of ranks."""
+    checkpointer = Checkpointer(cfg.checkpoint_dir, ctx, cfg.checkpoint.keep, cfg.deepspeed.zero_stage)
+    point = find_resume_point(cfg.checkpoint.resume, cfg.checkpoint_dir)
+    if point is None:
+        return checkpointer, None
+    if same_world_size and point.world_size != ctx.world_size:
+        raise RuntimeError(f"{point.path} was written by {point.world_size} ranks; this run resumes "
+                           f"on the same number of ranks only (here {ctx.world_size})")
+    return checkpointer, checkpointer.prepare(point)
+
+
 def convert_to_universal(source: Path, target: Path) -> None:
     """DeepSpeed's ds_to_universal, into a temporary folder renamed when done."""
     tmp = target.with_name(target.name + ".tmp")

@@ -213,15 +213,20 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
                 ) -> PretrainConfig:
     """Read a YAML config (or preset name), apply `key=value` overrides, build and validate."""
+    path = None if name_or_path is None else resolve_config_path(name_or_path)
+    return load_yaml_config(PretrainConfig, path, overrides)
+
+
+def load_yaml_config(cls, path: Path | None, overrides: list[str] | tuple[str, ...] = ()):
+    """Dataclass `cls` built from the YAML mapping at `path` (None: empty) plus `key=value` overrides."""
     raw: dict[str, Any] = {}
-    if name_or_path is not None:
-        path = resolve_config_path(name_or_path)
+    if path is not None:
         raw = yaml.safe_load(path.read_text()) or {}
         if not isinstance(raw, dict):
             raise ValueError(f"{path}: a config is a YAML mapping, got {type(raw).__name__}")
     for item in overrides:
         apply_override(raw, item)
-    return build(PretrainConfig, raw, "")
+    return build(cls, raw, "")
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:

@@ -15,7 +15,9 @@ import re
 import socket
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Mapping
+from typing import Callable, Mapping, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,15 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
                                    timeout=timedelta(seconds=timeout_s))
     return DistContext(env=env, device_type=device_type, backend=backend)
+
+
+def run_on_ranks(device: str, body: Callable[[DistContext], T]) -> T:
+    """`body(ctx)` between `init_distributed(device)` and `shutdown()`, which runs even on errors."""
+    ctx = init_distributed(device)
+    try:
+        return body(ctx)
+    finally:
+        shutdown()
 
 
 def barrier() -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shards.transforms import model_input
 from trainer.masking import MultiRatioMasker, TokenMasks, random_masks
 
 from .config import ObjectiveConfig
@@ -202,7 +203,7 @@ class PretrainStep:
         return StepInputs(audio, visual, masks[0].to(self.device), masks[1].to(self.device))
 
     def _dev(self, x: torch.Tensor) -> torch.Tensor:
-        return x.to(self.device, dtype=self.dtype, non_blocking=True)
+        return model_input(x, self.device, self.dtype)
 
 
 def _engine_dtype(engine) -> torch.dtype:

@@ -18,7 +18,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import PretrainConfig
-from .distributed import DistContext, init_distributed
+from .distributed import DistContext, run_on_ranks
 
 log = logging.getLogger("trainer.engine")
 
@@ -44,12 +44,7 @@ class TrainSummary:
 
 
 def train(cfg: PretrainConfig) -> TrainSummary:
-    ctx = init_distributed(cfg.device)
-    try:
-        return _Run(cfg, ctx).run()
-    finally:
-        from .distributed import shutdown
-        shutdown()
+    return run_on_ranks(cfg.device, lambda ctx: _Run(cfg, ctx).run())
 
 
 class _Run:
@@ -58,7 +53,7 @@ class _Run:
 
         from shards.loader import make_loader
 
-        from .checkpoint import Checkpointer, find_resume_point
+        from .checkpoint import open_run_checkpoints
         from .deepspeed_config import create_engine
         from .module import build_pretrain_module
         from .step import MaskPlan, PretrainStep
@@ -66,10 +61,7 @@ class _Run:
 
         self.cfg, self.ctx = cfg, ctx
         torch.manual_seed(cfg.seed)                # identical initial weights on every rank
-        self.checkpointer = Checkpointer(cfg.checkpoint_dir, ctx, cfg.checkpoint.keep, cfg.deepspeed.zero_stage)
-        point = find_resume_point(cfg.checkpoint.resume, cfg.checkpoint_dir)
-        if point is not None:
-            point = self.checkpointer.prepare(point)
+        self.checkpointer, point = open_run_checkpoints(cfg, ctx)
         module = build_pretrain_module(cfg)
         self.engine = create_engine(module, cfg, ctx.world_size, ctx.device_type,
                                     load_universal=point is not None and point.universal)
@@ -113,7 +105,7 @@ class _Run:
         metrics = open_metrics(cfg.out_dir, self.ctx.is_main,
                                resume_step=self.state.step if self.resumed_from else None)
         observer = Observer(cfg, self.ctx, self.loader, metrics, start_step=self.state.step)
-        batches = _endless(self.loader)
+        batches = endless_batches(self.loader)
         stopped, last = "finished", None
         try:
             with StopRequest(device=self.ctx.device) as stop:
@@ -153,8 +145,9 @@ class _Run:
             marker={"model_config": self.cfg.model.to_json()})
 
 
-def _endless(loader) -> Iterator[dict]:
-    """Batches across epochs (the loader is a cursor: each pass continues where the last stopped)."""
+def endless_batches(loader) -> Iterator[dict]:
+    """Batches across epochs (the loader is a resumable cursor: each pass continues where the last
+    stopped); raises if a whole epoch gives none."""
     while True:
         count = 0
         for batch in loader:

@@ -9,7 +9,7 @@ the mean over the N frames of the per-frame probabilities ("averaged", the paper
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +57,25 @@ def select_rows(batch: dict, rows: torch.Tensor | None) -> dict:
     labels = labels[rows] if isinstance(labels, torch.Tensor) else [labels[i] for i in idx]
     return {"audio": batch["audio"][rows], "visual": batch["visual"][rows], "labels": labels,
             "keys": [batch["keys"][i] for i in idx]}
+
+
+def _clip_batches(batches: Iterable[dict], keys: list[str], labels: list[list[int]],
+                  progress=None) -> Iterator[dict]:
+    """The batches without their padding rows, empty ones skipped. Once the caller is done with a
+    batch, its keys and label lists go to `keys` and `labels` and `progress(len(keys))` is called;
+    raises if no clip came at all."""
+    for batch in batches:
+        batch = select_rows(batch, valid_rows(batch))
+        if not batch["keys"]:
+            continue
+        yield batch
+        keys.extend(batch["keys"])
+        labels.extend(label_lists(batch["labels"]))
+        if progress is not None:
+            progress(len(keys))
+    if not keys:
+        raise ValueError("the loader gave no clips: check the shard URLs and that the split is not "
+                         "empty")
 
 
 def multi_hot(labels: list[list[int]], num_classes: int) -> np.ndarray:
@@ -127,22 +146,12 @@ def predict(model, batches: Iterable[dict], num_classes: int, modes: Iterable[st
     labels: list[list[int]] = []
     parts: dict[str, list[np.ndarray]] = {}
     num_frames = 1
-    for batch in batches:
-        batch = select_rows(batch, valid_rows(batch))
-        if not batch["keys"]:
-            continue
+    for batch in _clip_batches(batches, keys, labels, progress):
         audio = batch["audio"].to(device, non_blocking=True)
         visual = batch["visual"].to(device, non_blocking=True)
         num_frames = _frames(visual).shape[1]
         for name, probs in batch_scores(model, audio, visual, modes, activation, frame_index).items():
             parts.setdefault(name, []).append(probs.cpu().numpy())
-        keys.extend(batch["keys"])
-        labels.extend(label_lists(batch["labels"]))
-        if progress is not None:
-            progress(len(keys))
-    if not keys:
-        raise ValueError("the loader gave no clips: check the shard URLs and that the split is not "
-                         "empty")
     scores = {name: np.concatenate(chunks) for name, chunks in parts.items()}
     return Predictions(keys=keys, targets=multi_hot(labels, num_classes), scores=scores,
                        num_frames=num_frames)
@@ -167,10 +176,7 @@ def embed(model, batches: Iterable[dict], device: str | torch.device = "cpu",
     labels: list[list[int]] = []
     audio_parts, visual_parts = [], []
     mid = None
-    for batch in batches:
-        batch = select_rows(batch, valid_rows(batch))
-        if not batch["keys"]:
-            continue
+    for batch in _clip_batches(batches, keys, labels, progress):
         visual = batch["visual"]
         if visual.ndim == 5:
             mid = middle_frame(visual.shape[1]) if frame_index is None else frame_index
@@ -179,12 +185,5 @@ def embed(model, batches: Iterable[dict], device: str | torch.device = "cpu",
             visual = visual[:, mid]
         audio_parts.append(model.embed_audio(batch["audio"].to(device)).float().cpu().numpy())
         visual_parts.append(model.embed_visual(visual.to(device)).float().cpu().numpy())
-        keys.extend(batch["keys"])
-        labels.extend(label_lists(batch["labels"]))
-        if progress is not None:
-            progress(len(keys))
-    if not keys:
-        raise ValueError("the loader gave no clips: check the shard URLs and that the split is not "
-                         "empty")
     return Embeddings(keys=keys, labels=labels, audio=np.concatenate(audio_parts),
                       visual=np.concatenate(visual_parts), frame_index=mid)

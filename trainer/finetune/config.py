@@ -1,9 +1,9 @@
 """`FinetuneConfig`: the typed configuration of a fine-tuning run, read from YAML plus overrides.
 
 It reuses the pretraining engine's component configs (data, optim, deepspeed, checkpoint) and YAML
-machinery (`trainer.engine.config.build`, `key=value` overrides); what fine-tuning adds is here:
-the starting weights, the loss, the per-iteration head mix with its lr multipliers, the epoch
-schedule of the paper's recipes, and weight averaging. Presets: `trainer/configs/finetune_*.yaml`
+machinery (`trainer.engine.config.load_yaml_config`: presets plus `key=value` overrides); what
+fine-tuning adds is here: the starting weights, the loss, the per-iteration head mix with its lr
+multipliers, the epoch schedule of the paper's recipes, and weight averaging. Presets: `trainer/configs/finetune_*.yaml`
 (as20k, as2m, vggsound: the official recipes; tiny_cpu: the demo).
 """
 from __future__ import annotations
@@ -13,10 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainer.engine.config import (PRESET_DIR, CheckpointConfig, DataConfig, DeepSpeedConfig,
-                                   OptimConfig, apply_override, build)
+                                   OptimConfig, load_yaml_config)
 
 from .heads import DEFAULT_MIX, check_mix
 
@@ -143,12 +141,5 @@ def resolve_finetune_config(name_or_path: str | Path) -> Path:
 def load_finetune_config(name_or_path: str | Path | None = None,
                          overrides: list[str] | tuple[str, ...] = ()) -> FinetuneConfig:
     """Read a YAML config (or preset), apply `key=value` overrides, build and validate."""
-    raw: dict[str, Any] = {}
-    if name_or_path is not None:
-        path = resolve_finetune_config(name_or_path)
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config is a YAML mapping, got {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
-    return build(FinetuneConfig, raw, "")
+    path = None if name_or_path is None else resolve_finetune_config(name_or_path)
+    return load_yaml_config(FinetuneConfig, path, overrides)

@@ -30,13 +30,9 @@ class FinetuneSummary:
 
 
 def finetune(cfg: FinetuneConfig) -> FinetuneSummary:
-    from trainer.engine.distributed import init_distributed, shutdown
+    from trainer.engine.distributed import run_on_ranks
 
-    ctx = init_distributed(cfg.device)
-    try:
-        return _Run(cfg, ctx).run()
-    finally:
-        shutdown()
+    return run_on_ranks(cfg.device, lambda ctx: _Run(cfg, ctx).run())
 
 
 def epoch_file(cfg: FinetuneConfig, epoch: int) -> Path:
@@ -66,7 +62,7 @@ class _Run:
         import torch
 
         from shards.loader import make_loader
-        from trainer.engine.checkpoint import Checkpointer, find_resume_point
+        from trainer.engine.checkpoint import open_run_checkpoints
         from trainer.engine.trainer import TrainState
 
         from .heads import HeadSchedule
@@ -75,14 +71,8 @@ class _Run:
 
         self.cfg, self.ctx = cfg, ctx
         torch.manual_seed(cfg.seed)
-        self.checkpointer = Checkpointer(cfg.checkpoint_dir, ctx, cfg.checkpoint.keep,
-                                         cfg.deepspeed.zero_stage)
-        point = find_resume_point(cfg.checkpoint.resume, cfg.checkpoint_dir)
-        if point is not None:
-            if point.world_size != ctx.world_size:
-                raise RuntimeError(f"{point.path} was written by {point.world_size} ranks; fine-tuning "
-                                   f"resumes on the same number of ranks only (here {ctx.world_size})")
-            point = self.checkpointer.prepare(point)
+        # The per-rank loader positions must match: no resuming on another world size.
+        self.checkpointer, point = open_run_checkpoints(cfg, ctx, same_world_size=True)
         self.model = build_finetune_model(cfg)
         self.model.set_grad_checkpointing(cfg.deepspeed.grad_checkpointing)
         self.engine, self.groups = create_finetune_engine(
@@ -114,6 +104,7 @@ class _Run:
         from trainer.engine.metrics import open_metrics
         from trainer.engine.schedule import lr_at
         from trainer.engine.signals import StopRequest
+        from trainer.engine.trainer import endless_batches
 
         from .metrics import StepMeter
 
@@ -124,7 +115,7 @@ class _Run:
         meter = StepMeter(self.ctx, self.loader, cfg.data.batch_size)
         bar = tqdm(total=self.max_steps, initial=self.state.step, desc="finetune", unit="step",
                    disable=not (self.ctx.is_main and cfg.progress), dynamic_ncols=True, file=sys.stderr)
-        batches = _batches(self.loader)
+        batches = endless_batches(self.loader)
         stopped = "finished"
         try:
             with StopRequest(device=self.ctx.device) as stop:
@@ -223,14 +214,3 @@ class _Run:
             (Path(self.cfg.out_dir) / "finetune.json").write_text(json.dumps(summary, indent=1) + "\n")
         barrier()
         return out
-
-
-def _batches(loader):
-    """Batches across epochs (the loader is a resumable cursor)."""
-    while True:
-        count = 0
-        for batch in loader:
-            count += 1
-            yield batch
-        if count == 0:
-            raise RuntimeError("the loader yielded no batch for a whole epoch; check data.train")

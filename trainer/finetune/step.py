@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from shards.transforms import model_input
+
 from .heads import MODES, HeadSchedule
 
 
@@ -45,8 +47,8 @@ class FinetuneStep:
 
     def run(self, batch: dict, step: int, lr: float) -> dict[str, float]:
         mode = self.heads(step)
-        audio = batch["audio"].to(self.device, dtype=self.dtype, non_blocking=True)
-        visual = batch["visual"].to(self.device, dtype=self.dtype, non_blocking=True)
+        audio = model_input(batch["audio"], self.device, self.dtype)
+        visual = model_input(batch["visual"], self.device, self.dtype)
         targets = batch["labels"].to(self.device, non_blocking=True)
         logits = self.engine("classify", **HeadSchedule.inputs(mode, audio, visual))
         loss = classification_loss(logits, targets, self.loss)
