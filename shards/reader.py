@@ -35,15 +35,34 @@ FIRST_FRAME = "f0.jpg"
 MAX_FRAMES = 1000      # the pipeline's limit on frames per clip
 
 
+def split_name(fname: str) -> tuple[str | None, str | None]:
+    """(key, suffix) of a member name exactly as webdataset's `base_plus_ext` splits it (the key
+    ends at the first dot of the base name), with string operations instead of a regex."""
+    base = fname.rfind("/") + 1
+    dot = fname.find(".", base)
+    if dot < 0:                          # no dot in the base name
+        return None, None
+    if dot == base:                      # base name starts with a dot: rare, the regex decides
+        return base_plus_ext(fname)
+    return fname[:dot], fname[dot + 1:]
+
+
+def frame_number(suffix: str) -> int | None:
+    """i of a frame suffix "f{i}.jpg" (FRAME_SUFFIX_RE), else None."""
+    if suffix.startswith("f") and suffix.endswith(".jpg") and suffix[1:-4].isdecimal():
+        return int(suffix[1:-4])
+    return None
+
+
 def is_format_member(fname: str) -> bool:
     """True for the member names the format defines; everything else is never read."""
-    _, suffix = base_plus_ext(fname)
+    _, suffix = split_name(fname)
     if suffix is None:
         return False
     if suffix in (FBANK_SUFFIX, META_SUFFIX):
         return True
-    match = FRAME_SUFFIX_RE.match(suffix)
-    return match is not None and int(match.group("i")) < MAX_FRAMES
+    index = frame_number(suffix)
+    return index is not None and index < MAX_FRAMES
 
 
 def open_pipe(url: str):
@@ -69,13 +88,16 @@ class MemberFilter:
         self.chosen: dict[str, int] = {}        # key -> kept frame, until `finish` takes it
 
     def __call__(self, fname: str) -> bool:
-        if not is_format_member(fname):
+        key, suffix = split_name(fname)
+        if suffix is None:
             return False
-        key, suffix = base_plus_ext(fname)
-        match = FRAME_SUFFIX_RE.match(suffix)
-        if match is None or self.pick is None:
+        if suffix in (FBANK_SUFFIX, META_SUFFIX):
             return True
-        index = int(match.group("i"))
+        index = frame_number(suffix)
+        if index is None or index >= MAX_FRAMES:
+            return False
+        if self.pick is None:
+            return True
         self.seen[key] = count = self.seen.get(key, 0) + 1
         kind, value = self.pick
         take = index == value if kind == "index" else value.random() * count < 1.0
@@ -122,7 +144,7 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
     error = None
     try:
         for fname, data in tar_members(shard.url, members):
-            key, suffix = base_plus_ext(fname)
+            key, suffix = split_name(fname)
             if current is None or key != current["__key__"]:
                 if current is not None:
                     usable += has_both_modalities(members.finish(current))

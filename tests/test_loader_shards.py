@@ -152,3 +152,20 @@ def test_fixture_shards_follow_the_format(tmp_path):
     assert set(meta) == set(F.META_FIELDS) and meta["key"] == samples[0]["__key__"]
     assert Image.open(io.BytesIO(samples[0]["f1.jpg"])).format == "JPEG"
     assert pq.read_table(tars[1].with_suffix(".parquet")).num_rows == 2
+
+
+def test_member_names_split_exactly_like_webdataset():
+    from webdataset.tariterators import base_plus_ext
+
+    from shards.format import FRAME_SUFFIX_RE
+    from shards.reader import frame_number, split_name
+
+    names = ["a.b", "a/b.c/d.e", "a.b.c", ".x", "noext", "dir/.hidden.jpg", "x/", "k.f3.jpg",
+             "k.f\u0661\u0662.jpg", "k.f.jpg", "k.f12.jpgx", "/a.b", "a/b", "ab.", "a..b",
+             "k.f03.jpg", "k.f\u00b23.jpg", "d.x/.y.z"]
+    for name in names:
+        assert split_name(name) == base_plus_ext(name), name
+        suffix = split_name(name)[1]
+        if suffix is not None:
+            match = FRAME_SUFFIX_RE.match(suffix)
+            assert frame_number(suffix) == (int(match.group("i")) if match else None), name
