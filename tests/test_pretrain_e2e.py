@@ -133,7 +133,7 @@ def test_two_ranks_to_one_through_a_universal_checkpoint(shards, reference, tmp_
     (1, 1, ["objective.schedule=alternate"]),
     (1, 2, ["deepspeed.gradient_accumulation=2"]),
     (3, 1, ["deepspeed.grad_checkpointing=true"]),
-    (3, 2, ["objective.contrastive_chunk=2"]),
+    (3, 2, ["objective.contrastive_chunk=2", "data.num_workers=1", "data.options.raw_frames=true"]),
 ])
 def test_zero_stage_learns(shards, tmp_path, stage, nproc, extra):
     records = pretrain(shards, tmp_path, f"deepspeed.zero_stage={stage}", "checkpoint.every_steps=0", *extra,
