@@ -20,8 +20,10 @@ TEST_DEBS := $(DEMO_DEBS) slurmctld:slurm-wlm munged:munge
 demo: system-demo $(STAMP)
 	$(VENV)/bin/avsiam demo --out $(DEMO_DIR)
 
+# One OpenMP thread per process: the tests start several processes (ranks, workers) on small CI
+# machines, where more threads only make them wait for each other.
 test: system-test $(STAMP)
-	$(PY) -m pytest $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest $(PYTEST_ARGS)
 
 setup: system-test $(STAMP)
 
