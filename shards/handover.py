@@ -9,7 +9,8 @@ into its slot i % slots and sends only the slot's number; the main process copie
 memory it owns (pinned when asked) and releases the slot at once. Batches handed to the caller are
 therefore ordinary tensors that stay valid however long they are kept; a slot is reused only after
 its release, which a worker waits for (the DataLoader keeps at most prefetch_factor batches in
-flight per worker, so with slots = prefetch_factor + 2 it never waits in practice).
+flight per worker, so with slots = prefetch_factor + 1 it rarely waits, and then briefly).
+Shared memory per rank: num_workers x (prefetch_factor + 1) batches, allocated once per epoch.
 """
 from __future__ import annotations
 

@@ -211,7 +211,7 @@ class StreamingLoader:
 
     def __iter__(self):
         cfg, state = self.spec.cfg, self.state
-        ring = HandoverRing(batch_layout(cfg), cfg.num_workers, cfg.prefetch_factor + 2) \
+        ring = HandoverRing(batch_layout(cfg), cfg.num_workers, cfg.prefetch_factor + 1) \
             if cfg.num_workers else None
         pin = cfg.pin_memory and torch.cuda.is_available()
         stream = RankStream(self.spec, state.epoch, state.batches, self.spec.epoch_batches, ring)

@@ -207,7 +207,7 @@ def test_raw_frames_refuse_mixup(split):
 @pytest.mark.parametrize("options", [dict(), dict(output_dtype="bfloat16"),
                                      dict(raw_frames=True, output_dtype="float16")])
 def test_worker_batches_come_through_the_ring_and_stay_valid_when_kept(split, options):
-    """20 batches from 2 workers (4 recycled ring slots each) kept until the end equal the batches
+    """20 batches from 2 workers (3 recycled ring slots each) kept until the end equal the batches
     made in-process: a slot is reused only after its batch was copied out."""
     common = dict(mode="pretrain", batch_size=2, audio_frames=32, seed=7, lanes=2,
                   resampled=True, samples_per_epoch=40, **options)
