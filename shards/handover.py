@@ -24,6 +24,7 @@ from .format import NUM_MEL_BINS
 
 SLOT_KEY = "__slot__"
 FIELDS = ("audio", "visual")
+SHM_DIR = "/dev/shm"
 
 
 def batch_layout(cfg) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
@@ -35,6 +36,21 @@ def batch_layout(cfg) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         "visual": ((cfg.batch_size, *frames, 3, cfg.image_size, cfg.image_size),
                    torch.uint8 if cfg.raw_frames else out_dtype),
     }
+
+
+def check_shared_memory(nbytes: int, workers: int, slots: int, where: str = SHM_DIR) -> None:
+    """Refuse, with the fix, a ring larger than the free space of /dev/shm: writing past it would
+    kill the process with SIGBUS (a "bus error") instead of an error message."""
+    try:
+        stats = os.statvfs(where)
+    except OSError:
+        return                                            # no /dev/shm: nothing to check
+    free = stats.f_bavail * stats.f_frsize
+    if nbytes > free:
+        raise RuntimeError(
+            f"the loader needs {nbytes / 2**20:.0f} MiB of shared memory ({workers} workers x "
+            f"{slots} batches) but {where} has {free / 2**20:.0f} MiB free; give it more (docker "
+            f"run --shm-size=16g) or lower num_workers, prefetch_factor or batch_size")
 
 
 class HandoverRing:
@@ -49,6 +65,7 @@ class HandoverRing:
             self.offsets[name] = size
             size += math.prod(shape) * itemsize
         self.slot_bytes = -(-size // 64) * 64
+        check_shared_memory(workers * slots * self.slot_bytes, workers, slots)
         self.buffer = torch.empty(workers * slots * self.slot_bytes, dtype=torch.uint8).share_memory_()
         self.released = torch.zeros(workers, dtype=torch.int64).share_memory_()
         self.made = 0                                     # batches this worker wrote (worker side)

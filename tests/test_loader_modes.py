@@ -219,3 +219,19 @@ def test_worker_batches_come_through_the_ring_and_stay_valid_when_kept(split, op
         for name in ("audio", "visual"):
             assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name])
             assert not a[name].is_shared()          # copied out of the ring, owned by the caller
+
+
+def test_a_ring_larger_than_free_shared_memory_is_refused_with_the_fix(tmp_path):
+    import os
+
+    from shards.handover import HandoverRing, check_shared_memory
+
+    stats = os.statvfs(tmp_path)
+    free = stats.f_bavail * stats.f_frsize
+    with pytest.raises(RuntimeError, match="shm-size.*num_workers"):
+        check_shared_memory(free + (1 << 30), 2, 3, where=str(tmp_path))
+    check_shared_memory(1 << 20, 2, 3, where=str(tmp_path))           # fits: no error
+    if os.path.isdir("/dev/shm"):
+        huge = {"audio": ((1 << 20, 1 << 20, 128), torch.float32)}      # 512 TiB: never allocated
+        with pytest.raises(RuntimeError, match="shared memory"):
+            HandoverRing(huge, workers=1, slots=3)
