@@ -52,7 +52,8 @@ class BatchFinisher:
             rows = fill_bad(rows, spare)
         writer = self.handover[0].acquire(self.handover[1]) if self.handover else None
         alloc = writer.empty if writer else _output_allocator()
-        batch = collate(rows, cfg, alloc)
+        early = cfg.mixup == 0 and not (cfg.freqm or cfg.timem)   # nothing needs the raw fbank
+        batch = collate(rows, cfg, alloc, (self.mean, self.std) if early else None)
         batch["valid"] = valid
         if cfg.per_sample_draws:
             live = [r if r is not None else np.random.default_rng(0) for r in rngs]
@@ -61,8 +62,9 @@ class BatchFinisher:
             apply_mixup(batch, pairs)
         if cfg.freqm or cfg.timem:
             spec_augment(batch["audio"], cfg.freqm, cfg.timem, live)
-        normalise_fbank(batch["audio"], batch["audio_valid"], self.mean[batch["source"]],
-                        self.std[batch["source"]], cfg.norm_order)
+        if not early:
+            normalise_fbank(batch["audio"], batch["audio_valid"], self.mean[batch["source"]],
+                            self.std[batch["source"]], cfg.norm_order)
         if cfg.noise:
             add_noise(batch["audio"], live)
         if cfg.roll:
@@ -90,8 +92,13 @@ def fill_bad(rows: list, spare: dict | None) -> list:
             for i, row in enumerate(rows)]
 
 
-def collate(rows: list, cfg: LoaderConfig, alloc=None) -> dict:
-    """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded, frames normalised.
+def collate(rows: list, cfg: LoaderConfig, alloc=None, fbank_norm=None) -> dict:
+    """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded (normalised too when
+    `fbank_norm` = (mean, std) per dataset is given), frames normalised.
+
+    Each row is finished while its ~0.5 MB are in cache, instead of whole-batch passes over tens
+    of MB (the same arithmetic, element by element: identical values, several times less memory
+    traffic).
 
     `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made (audio
     in float32, visual as uint8 with raw_frames or in float32): shared memory or a hand-over slot
@@ -104,22 +111,28 @@ def collate(rows: list, cfg: LoaderConfig, alloc=None) -> dict:
     final = cfg.output_dtype == "float32"
     audio_shape = (size, cfg.audio_frames, NUM_MEL_BINS)
     audio = alloc("audio", audio_shape, torch.float32) if final else torch.empty(audio_shape)
-    frames = alloc("visual", visual_shape, torch.uint8).view(frames_shape) if cfg.raw_frames \
-        else torch.empty(frames_shape, dtype=torch.uint8)
+    if cfg.raw_frames:
+        visual = alloc("visual", visual_shape, torch.uint8)
+    else:
+        visual = alloc("visual", visual_shape, torch.float32) if final \
+            else torch.empty(visual_shape)
+    visual = visual.view(frames_shape)
     valid = torch.zeros(size, dtype=torch.long)
     for i, row in enumerate(rows):
         if row is None:
-            frames[i].zero_()
+            visual[i].zero_()
             audio[i].zero_()
             continue
         valid[i] = place_fbank(audio[i], row["fbank"])
+        if fbank_norm is not None:
+            source = row["source"]
+            normalise_fbank(audio[i:i + 1], valid[i:i + 1], fbank_norm[0][source:source + 1],
+                            fbank_norm[1][source:source + 1], cfg.norm_order)
         for j, frame in enumerate(row["frames"]):
-            frames[i, j] = frame
-    if cfg.raw_frames:
-        visual = frames
-    else:
-        out = alloc("visual", visual_shape, torch.float32) if final else torch.empty(visual_shape)
-        visual = normalise_frames(frames, out=out.view(frames_shape))
+            if cfg.raw_frames:
+                visual[i, j] = frame
+            else:
+                normalise_frames(frame, out=visual[i, j])
     blank = label_target([], cfg.num_classes, cfg.label_type, 0.0)
     if isinstance(blank, torch.Tensor):
         blank = torch.zeros_like(blank)

@@ -10,6 +10,7 @@ a fixed order: frame index, SpecAugment seed, noise scale + noise, roll shift.
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -85,12 +86,19 @@ def roll_time(audio: torch.Tensor, rngs: list[np.random.Generator]) -> torch.Ten
 def normalise_frames(frames_u8: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [..., 3, S, S] -> float32 with ImageNet mean/std (into `out` if given), on the
     tensor's device."""
-    shape = [1] * (frames_u8.ndim - 3) + [3, 1, 1]
-    mean = torch.tensor(IMAGENET_MEAN, device=frames_u8.device).view(shape) * 255.0
-    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=frames_u8.device).view(shape) * 255.0)
+    mean, inv_std = _frame_stats(frames_u8.ndim, frames_u8.device)
     if out is None:
         out = torch.empty(frames_u8.shape, dtype=torch.float32, device=frames_u8.device)
     return out.copy_(frames_u8).sub_(mean).mul_(inv_std)
+
+
+@functools.lru_cache(maxsize=16)
+def _frame_stats(ndim: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and 1/std on the 0..255 scale, shaped to broadcast over [..., 3, S, S]."""
+    shape = [1] * (ndim - 3) + [3, 1, 1]
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(shape) * 255.0
+    inv_std = 1.0 / (torch.tensor(IMAGENET_STD, device=device).view(shape) * 255.0)
+    return mean, inv_std
 
 
 def model_input(x: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
