@@ -52,32 +52,43 @@ class BatchFinisher:
             rows = fill_bad(rows, spare)
         writer = self.handover[0].acquire(self.handover[1]) if self.handover else None
         alloc = writer.empty if writer else _output_allocator()
-        early = cfg.mixup == 0 and not (cfg.freqm or cfg.timem)   # nothing needs the raw fbank
-        batch = collate(rows, cfg, alloc, (self.mean, self.std) if early else None)
+        live = [r if r is not None else np.random.default_rng(0) for r in rngs] \
+            if cfg.per_sample_draws else None
+        row_wise = cfg.mixup == 0           # no transform mixes rows: finish each row in cache
+        batch = collate(rows, cfg, alloc, self._row_finisher(live) if row_wise else None)
         batch["valid"] = valid
-        if cfg.per_sample_draws:
-            live = [r if r is not None else np.random.default_rng(0) for r in rngs]
-        if cfg.mixup > 0:
+        if not row_wise:
             pairs = mixup_pairs(len(rows), cfg.mixup, cfg.mixup_alpha, rng_for(*self.batch_seed, k))
             apply_mixup(batch, pairs)
-        if cfg.freqm or cfg.timem:
-            spec_augment(batch["audio"], cfg.freqm, cfg.timem, live)
-        if not early:
-            normalise_fbank(batch["audio"], batch["audio_valid"], self.mean[batch["source"]],
-                            self.std[batch["source"]], cfg.norm_order)
-        if cfg.noise:
-            add_noise(batch["audio"], live)
-        if cfg.roll:
-            roll_time(batch["audio"], live)
+            self._finish_audio(batch["audio"], batch["audio_valid"], batch["source"], live)
         if cfg.mode == "eval":
             batch["audio"][~valid] = 0.0
             batch["visual"][~valid] = 0.0
-        if cfg.output_dtype != "float32":
+        if not row_wise and cfg.output_dtype != "float32":
             dtype = getattr(torch, cfg.output_dtype)
             for name in ("audio",) if cfg.raw_frames else ("audio", "visual"):
                 batch[name] = alloc(name, batch[name].shape, dtype).copy_(batch[name])
         batch.update(skipped=self.counter.take_delta(), lane=self.lane, lane_batch=k)
         return writer.seal(batch) if writer else batch
+
+
+    def _finish_audio(self, audio: torch.Tensor, valid: torch.Tensor, source: torch.Tensor,
+                      live: list | None) -> None:
+        """SpecAugment -> normalise -> noise -> roll on float32 rows [n, F, 128] in place."""
+        cfg = self.cfg
+        if cfg.freqm or cfg.timem:
+            spec_augment(audio, cfg.freqm, cfg.timem, live)
+        normalise_fbank(audio, valid, self.mean[source], self.std[source], cfg.norm_order)
+        if cfg.noise:
+            add_noise(audio, live)
+        if cfg.roll:
+            roll_time(audio, live)
+
+    def _row_finisher(self, live: list | None):
+        """finish(i, row [F, 128] float32, valid [1], source [1]): row i's audio transforms."""
+        def finish(i: int, row: torch.Tensor, valid: torch.Tensor, source: torch.Tensor) -> None:
+            self._finish_audio(row.unsqueeze(0), valid, source, live[i:i + 1] if live else None)
+        return finish
 
 
 def fill_bad(rows: list, spare: dict | None) -> list:
@@ -92,47 +103,51 @@ def fill_bad(rows: list, spare: dict | None) -> list:
             for i, row in enumerate(rows)]
 
 
-def collate(rows: list, cfg: LoaderConfig, alloc=None, fbank_norm=None) -> dict:
-    """Rows (None = padding) -> batch tensors: raw fbank cut/zero-padded (normalised too when
-    `fbank_norm` = (mean, std) per dataset is given), frames normalised.
+def collate(rows: list, cfg: LoaderConfig, alloc=None, finish_row=None) -> dict:
+    """Rows (None = padding) -> batch tensors: fbank cut/zero-padded, frames normalised.
 
-    Each row is finished while its ~0.5 MB are in cache, instead of whole-batch passes over tens
-    of MB (the same arithmetic, element by element: identical values, several times less memory
-    traffic).
+    With `finish_row(i, audio_row, valid, source)` (no transform mixes rows) each row's audio is
+    finished and both modalities are converted to the output dtype while the row's ~0.5 MB are in
+    cache, instead of whole-batch passes over tens of MB: the same arithmetic element by element,
+    so identical values, with several times less memory traffic. Without it the audio stays the raw
+    float32 fbank for the whole-batch transforms of `BatchFinisher.finish`.
 
-    `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made (audio
-    in float32, visual as uint8 with raw_frames or in float32): shared memory or a hand-over slot
-    inside a worker (see `_output_allocator`, shards.handover). Other dtypes are made by `finish`."""
+    `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made:
+    shared memory or a hand-over slot inside a worker (see `_output_allocator`, shards.handover)."""
     alloc = alloc or _output_allocator()
     size = len(rows)
     n_frames = cfg.num_frames if cfg.frames == "all" else 1
     frames_shape = (size, n_frames, 3, cfg.image_size, cfg.image_size)
     visual_shape = frames_shape if cfg.frames == "all" else frames_shape[:1] + frames_shape[2:]
-    final = cfg.output_dtype == "float32"
     audio_shape = (size, cfg.audio_frames, NUM_MEL_BINS)
-    audio = alloc("audio", audio_shape, torch.float32) if final else torch.empty(audio_shape)
-    if cfg.raw_frames:
-        visual = alloc("visual", visual_shape, torch.uint8)
-    else:
-        visual = alloc("visual", visual_shape, torch.float32) if final \
-            else torch.empty(visual_shape)
+    out_dtype = getattr(torch, cfg.output_dtype)
+    late = finish_row is None and out_dtype != torch.float32    # finish converts the batch later
+    audio = torch.empty(audio_shape) if late else alloc("audio", audio_shape, out_dtype)
+    visual = alloc("visual", visual_shape, torch.uint8) if cfg.raw_frames else \
+        torch.empty(visual_shape) if late else alloc("visual", visual_shape, out_dtype)
     visual = visual.view(frames_shape)
+    audio_work = None if audio.dtype == torch.float32 else torch.empty(audio_shape[1:])
+    frame_work = None if visual.dtype in (torch.float32, torch.uint8) else \
+        torch.empty(frames_shape[2:])
     valid = torch.zeros(size, dtype=torch.long)
     for i, row in enumerate(rows):
         if row is None:
             visual[i].zero_()
             audio[i].zero_()
             continue
-        valid[i] = place_fbank(audio[i], row["fbank"])
-        if fbank_norm is not None:
-            source = row["source"]
-            normalise_fbank(audio[i:i + 1], valid[i:i + 1], fbank_norm[0][source:source + 1],
-                            fbank_norm[1][source:source + 1], cfg.norm_order)
+        work = audio[i] if audio_work is None else audio_work
+        valid[i] = place_fbank(work, row["fbank"])
+        if finish_row is not None:
+            finish_row(i, work, valid[i:i + 1], torch.tensor([row["source"]]))
+        if audio_work is not None:
+            audio[i].copy_(audio_work)
         for j, frame in enumerate(row["frames"]):
             if cfg.raw_frames:
                 visual[i, j] = frame
-            else:
+            elif frame_work is None:
                 normalise_frames(frame, out=visual[i, j])
+            else:
+                visual[i, j].copy_(normalise_frames(frame, out=frame_work))
     blank = label_target([], cfg.num_classes, cfg.label_type, 0.0)
     if isinstance(blank, torch.Tensor):
         blank = torch.zeros_like(blank)
