@@ -54,15 +54,21 @@ def frame_number(suffix: str) -> int | None:
     return None
 
 
+def format_member(fname: str) -> tuple[str, int | None] | None:
+    """(key, frame number or None for the fbank/json) of a member the format defines; None for
+    every other name (never read)."""
+    key, suffix = split_name(fname)
+    if suffix is None:
+        return None
+    if suffix in (FBANK_SUFFIX, META_SUFFIX):
+        return key, None
+    index = frame_number(suffix)
+    return (key, index) if index is not None and index < MAX_FRAMES else None
+
+
 def is_format_member(fname: str) -> bool:
     """True for the member names the format defines; everything else is never read."""
-    _, suffix = split_name(fname)
-    if suffix is None:
-        return False
-    if suffix in (FBANK_SUFFIX, META_SUFFIX):
-        return True
-    index = frame_number(suffix)
-    return index is not None and index < MAX_FRAMES
+    return format_member(fname) is not None
 
 
 def open_pipe(url: str):
@@ -88,15 +94,11 @@ class MemberFilter:
         self.chosen: dict[str, int] = {}        # key -> kept frame, until `finish` takes it
 
     def __call__(self, fname: str) -> bool:
-        key, suffix = split_name(fname)
-        if suffix is None:
+        member = format_member(fname)
+        if member is None:
             return False
-        if suffix in (FBANK_SUFFIX, META_SUFFIX):
-            return True
-        index = frame_number(suffix)
-        if index is None or index >= MAX_FRAMES:
-            return False
-        if self.pick is None:
+        key, index = member
+        if index is None or self.pick is None:
             return True
         self.seen[key] = count = self.seen.get(key, 0) + 1
         kind, value = self.pick
