@@ -1,5 +1,7 @@
 """Stage `finish`: rows -> a batch: count bad rows -> fill -> collate -> mixup -> SpecAugment ->
-normalise -> noise -> roll (the CAV-MAE order, see transforms.py).
+normalise -> noise -> roll (the CAV-MAE order, see transforms.py). Without mixup, the only
+transform that mixes rows, every step after `fill` runs row by row inside `collate`; eval padding
+and bad eval rows stay all zeros.
 
 Batch fields: audio [B, F, 128], visual [B, 3, S, S] (or [B, N, 3, S, S]), both float32 (or
 `output_dtype`: computed in float32, handed over in bfloat16/float16, half the bytes; with
@@ -10,11 +12,8 @@ batch, lane, lane_batch; mix_lambda / mix_partner [B] with mixup.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
-from torch.utils.data import get_worker_info
 
 from .augment import apply_mixup, mixup_pairs, spec_augment
 from .config import LoaderConfig
@@ -51,7 +50,7 @@ class BatchFinisher:
         if cfg.mode != "eval":
             rows = fill_bad(rows, spare)
         writer = self.handover[0].acquire(self.handover[1]) if self.handover else None
-        alloc = writer.empty if writer else _output_allocator()
+        alloc = writer.empty if writer else _plain_empty
         live = [r if r is not None else np.random.default_rng(0) for r in rngs] \
             if cfg.per_sample_draws else None
         row_wise = cfg.mixup == 0           # no transform mixes rows: finish each row in cache
@@ -61,16 +60,12 @@ class BatchFinisher:
             pairs = mixup_pairs(len(rows), cfg.mixup, cfg.mixup_alpha, rng_for(*self.batch_seed, k))
             apply_mixup(batch, pairs)
             self._finish_audio(batch["audio"], batch["audio_valid"], batch["source"], live)
-        if cfg.mode == "eval":
-            batch["audio"][~valid] = 0.0
-            batch["visual"][~valid] = 0.0
         if not row_wise and cfg.output_dtype != "float32":
             dtype = getattr(torch, cfg.output_dtype)
             for name in ("audio",) if cfg.raw_frames else ("audio", "visual"):
                 batch[name] = alloc(name, batch[name].shape, dtype).copy_(batch[name])
         batch.update(skipped=self.counter.take_delta(), lane=self.lane, lane_batch=k)
         return writer.seal(batch) if writer else batch
-
 
     def _finish_audio(self, audio: torch.Tensor, valid: torch.Tensor, source: torch.Tensor,
                       live: list | None) -> None:
@@ -112,9 +107,9 @@ def collate(rows: list, cfg: LoaderConfig, alloc=None, finish_row=None) -> dict:
     so identical values, with several times less memory traffic. Without it the audio stays the raw
     float32 fbank for the whole-batch transforms of `BatchFinisher.finish`.
 
-    `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made:
-    shared memory or a hand-over slot inside a worker (see `_output_allocator`, shards.handover)."""
-    alloc = alloc or _output_allocator()
+    `alloc(name, shape, dtype)` gives the memory of the outputs that leave as they are made: a
+    hand-over slot inside a worker (shards.handover), an ordinary tensor in-process."""
+    alloc = alloc or _plain_empty
     size = len(rows)
     n_frames = cfg.num_frames if cfg.frames == "all" else 1
     frames_shape = (size, n_frames, 3, cfg.image_size, cfg.image_size)
@@ -165,17 +160,6 @@ def collate(rows: list, cfg: LoaderConfig, alloc=None, finish_row=None) -> dict:
     }
 
 
-def _output_allocator():
-    """Outside a ring: outputs in shared memory inside a DataLoader worker (handing them to the
-    main process copies nothing), ordinary memory in the main process."""
-    shared = get_worker_info() is not None
-    return lambda name, shape, dtype: _empty(shape, dtype, shared)
-
-
-def _empty(shape, dtype, shared: bool) -> torch.Tensor:
-    """An uninitialised tensor, allocated directly in shared memory when `shared`."""
-    if not shared:
-        return torch.empty(shape, dtype=dtype)
-    nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
-    storage = torch.UntypedStorage._new_shared(nbytes)
-    return torch.empty(0, dtype=dtype).set_(storage).view(shape)
+def _plain_empty(name: str, shape, dtype: torch.dtype) -> torch.Tensor:
+    """Output memory without a hand-over ring (in-process loading): an ordinary tensor."""
+    return torch.empty(shape, dtype=dtype)

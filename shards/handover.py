@@ -115,7 +115,7 @@ class SlotWriter:
     def empty(self, name: str, shape, dtype: torch.dtype) -> torch.Tensor:
         if self.ring.layout.get(name) == (tuple(shape), dtype):
             return self.ring.view(self.worker, self.slot, name)
-        return torch.empty(shape, dtype=dtype).share_memory_()
+        return torch.empty(shape, dtype=dtype)        # DataLoader shares it when sending
 
     def seal(self, batch: dict) -> dict:
         """Send the slot's number instead of the fields that live in it."""

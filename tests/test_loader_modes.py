@@ -100,7 +100,9 @@ def test_eval_covers_each_sample_once_with_equal_batches_per_rank(tmp_path):
         for b in batches:
             seen += [k for k, ok in zip(b["keys"], b["valid"]) if ok]
             assert torch.count_nonzero(b["audio"][~b["valid"]]) == 0
+            assert torch.count_nonzero(b["visual"][~b["valid"]]) == 0
     assert counts[0] == counts[1] == len(loader)
+    assert len(seen) < sum(counts) * 2                  # some rows were padding
     assert sorted(seen) == sorted(set(seen)) and len(seen) == 15
 
 
