@@ -1,4 +1,4 @@
-"""DeepSpeed checkpoints (pickles) are read only from the run's own checkpoint folder."""
+"""Which DeepSpeed checkpoint `--resume` picks: in the run's own folder or another run's."""
 import json
 
 import pytest
@@ -11,15 +11,16 @@ def _fake_complete(folder, step):
     (folder / COMPLETE).write_text(json.dumps({"step": step, "world_size": 1, "zero_stage": 2}))
 
 
-def test_resume_from_a_folder_outside_the_run_is_refused(tmp_path):
+def test_resume_from_another_runs_folder_picks_its_checkpoint(tmp_path):
     run_root = tmp_path / "run" / "checkpoints"
     _fake_complete(run_root / "step_00000004", 4)
-    foreign = tmp_path / "downloaded" / "checkpoints"
-    _fake_complete(foreign / "step_00000009", 9)
-    with pytest.raises(ValueError, match="read only from this run's own checkpoint folder"):
-        find_resume_point(str(foreign / "step_00000009"), run_root)
-    with pytest.raises(ValueError, match="own checkpoint folder"):
-        find_resume_point(str(run_root / ".." / ".." / "downloaded" / "checkpoints"), run_root)
+    other = tmp_path / "earlier" / "checkpoints"
+    _fake_complete(other / "step_00000009", 9)
+    point = find_resume_point(str(other / "step_00000009"), run_root)
+    assert (point.root, point.step) == (other, 9)
+    assert find_resume_point(str(other), run_root).step == 9
+    with pytest.raises(FileNotFoundError, match="holds no complete checkpoint"):
+        find_resume_point(str(tmp_path / "empty"), run_root)
 
 
 def test_resume_inside_the_run_still_works(tmp_path):

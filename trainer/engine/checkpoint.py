@@ -87,10 +87,6 @@ def find_resume_point(spec: str, root: Path) -> ResumePoint | None:
         points = complete_checkpoints(root)
         return points[-1] if points else None
     path = Path(spec)
-    if not _is_within(path, root):
-        raise ValueError(f"--resume {spec}: DeepSpeed checkpoints are pickles and are read only from "
-                         f"this run's own checkpoint folder {root}; pass `auto`, a step_NNNNNNNN folder "
-                         "inside it, or set out_dir to the run you want to continue")
     if read_marker(path) is not None and _TAG_RE.match(path.name):
         return next(p for p in complete_checkpoints(path.parent) if p.tag == path.name)
     points = complete_checkpoints(path)
@@ -100,11 +96,6 @@ def find_resume_point(spec: str, root: Path) -> ResumePoint | None:
         raise FileNotFoundError(f"--resume {spec}: {path} {state}; pass a step_NNNNNNNN folder written "
                                 "by `avsiam pretrain`, its parent folder, or `auto`")
     return points[-1]
-
-
-def _is_within(path: Path, root: Path) -> bool:
-    path, root = Path(path).resolve(), Path(root).resolve()
-    return path == root or root in path.parents
 
 
 class Checkpointer:
