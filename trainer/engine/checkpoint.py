@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .distributed import DistContext, barrier
+from .distributed import DistContext, barrier, on_main_rank
 
 COMPLETE = "complete.json"
 UNIVERSAL_SUFFIX = "_universal"
@@ -117,18 +117,19 @@ class Checkpointer:
         if read_marker(folder) is not None:       # e.g. the final save right after a periodic one
             return folder
         ranks = _all_gather_objects({**rank_state, "rng": capture_rng()})
-        if self.ctx.is_main and folder.exists():
-            shutil.rmtree(folder)                 # leftovers of an interrupted save of this step
-        barrier()
+        # leftovers of an interrupted save of this step
+        on_main_rank(self.ctx.is_main, lambda: shutil.rmtree(folder) if folder.exists() else None)
         state = {**client_state, "step": step, "ranks": ranks}
         engine.save_checkpoint(str(self.root), tag=tag, client_state=state, save_latest=False)
         barrier()
-        if self.ctx.is_main:
+
+        def complete() -> None:
             _write_json_atomic(folder / COMPLETE, {**(marker or {}), "step": step,
                                                    "world_size": self.ctx.world_size,
                                                    "zero_stage": self.zero_stage, "time": time.time()})
             self.prune()
-        barrier()
+
+        on_main_rank(self.ctx.is_main, complete)
         return folder
 
     def prune(self) -> None:
@@ -151,10 +152,13 @@ class Checkpointer:
         if point.world_size == self.ctx.world_size and point.zero_stage == self.zero_stage:
             return point
         target = point.root / (point.tag + UNIVERSAL_SUFFIX)
-        if self.ctx.is_main and read_marker(target) is None:
-            convert_to_universal(point.path, target)
-            _write_json_atomic(target / COMPLETE, {**read_marker(point.path), "universal": True})
-        barrier()
+
+        def convert() -> None:
+            if read_marker(target) is None:
+                convert_to_universal(point.path, target)
+                _write_json_atomic(target / COMPLETE, {**read_marker(point.path), "universal": True})
+
+        on_main_rank(self.ctx.is_main, convert)
         return ResumePoint(root=point.root, tag=target.name, step=point.step, world_size=point.world_size,
                            zero_stage=point.zero_stage, universal=True)
 

@@ -139,6 +139,29 @@ def run_on_ranks(device: str, body: Callable[[DistContext], T]) -> T:
         shutdown()
 
 
+def on_main_rank(is_main: bool, work: Callable[[], T]) -> T | None:
+    """Run `work` on rank 0 only, then meet every rank. If it failed there, every rank raises
+    (rank 0 its own error, the others one naming it) instead of waiting in a barrier for a rank
+    that will never arrive. Returns work's result on rank 0, None elsewhere."""
+    import torch.distributed as dist
+
+    result, error, failure = None, None, None
+    if is_main:
+        try:
+            result = work()
+        except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+            failure, error = exc, f"{type(exc).__name__}: {exc}"
+    if dist.is_initialized():
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise RuntimeError(f"rank 0 failed, so this rank stops too: {error}")
+    return result
+
+
 def barrier() -> None:
     import torch.distributed as dist
     if dist.is_initialized():

@@ -168,38 +168,38 @@ class _Run:
 
     def _end_epoch(self, epoch: int) -> None:
         """Checkpoint; the fp32 weights of the epochs that enter the average."""
-        from trainer.engine.distributed import barrier
+        from trainer.engine.distributed import on_main_rank
         from trainer.engine.export import export_weights
 
         folder = self._save()
-        if epoch > self.cfg.schedule.epochs - self.cfg.average_last and self.ctx.is_main:
-            export_weights(folder, epoch_file(self.cfg, epoch))
-        barrier()
+        if epoch > self.cfg.schedule.epochs - self.cfg.average_last:
+            on_main_rank(self.ctx.is_main, lambda: export_weights(folder, epoch_file(self.cfg, epoch)))
 
     def _repair_epoch_file(self) -> None:
         """A run killed between an epoch's checkpoint and its weights file resumes at that epoch
         boundary: write the file from the checkpoint now."""
-        from trainer.engine.distributed import barrier
+        from trainer.engine.checkpoint import tag_of
+        from trainer.engine.distributed import on_main_rank
         from trainer.engine.export import export_weights
 
         point, step = self.resume_point, self.state.step
         if point is None or step == 0 or step % self.steps_per_epoch:
             return
         epoch = step // self.steps_per_epoch
-        wanted = epoch > self.cfg.schedule.epochs - self.cfg.average_last
-        if wanted and self.ctx.is_main and not epoch_file(self.cfg, epoch).is_file():
-            from trainer.engine.checkpoint import tag_of
-            export_weights(point.root / tag_of(step), epoch_file(self.cfg, epoch))
-        barrier()
+        if epoch > self.cfg.schedule.epochs - self.cfg.average_last:
+            target = epoch_file(self.cfg, epoch)
+            on_main_rank(self.ctx.is_main, lambda: target.is_file() or
+                         export_weights(point.root / tag_of(step), target))
 
     def _finish(self, started: float) -> Path | None:
         """model.safetensors = the average of the last `average_last` epoch weights (rank 0)."""
-        from trainer.engine.distributed import barrier
+        from trainer.engine.distributed import on_main_rank
 
         from .averaging import average_checkpoints
 
         out = Path(self.cfg.out_dir) / "model.safetensors"
-        if self.ctx.is_main:
+
+        def average() -> None:
             epochs = self.cfg.schedule.epochs
             files = [epoch_file(self.cfg, e) for e in range(epochs - self.cfg.average_last + 1, epochs + 1)]
             missing = [str(f) for f in files if not f.is_file()]
@@ -212,5 +212,6 @@ class _Run:
                        "samples": self.state.samples, "seconds": round(time.time() - started, 1),
                        "skipped_samples": self.loader.skipped}
             (Path(self.cfg.out_dir) / "finetune.json").write_text(json.dumps(summary, indent=1) + "\n")
-        barrier()
+
+        on_main_rank(self.ctx.is_main, average)
         return out
