@@ -102,8 +102,9 @@ def loader_summary(cfg: DemoConfig, shards: dict[str, Path]) -> None:
           f"visual {tuple(batch['visual'].shape)}; keys {batch['keys'][:3]}...")
 
 
-# The recipe tests/test_demo_quality.py asserts (held-out a2v class R@1 >= 0.8): a from-scratch tiny
-# model on 2 cores learns the correspondence fastest contrastive-only, unmasked, at temperature 0.2.
+# The recipe tests/test_demo_quality.py runs (these stages) and asserts: held-out a2v class
+# R@1 >= 0.8. A from-scratch tiny model on 2 cores learns the correspondence fastest
+# contrastive-only, unmasked, at temperature 0.2.
 DEMO_PRETRAIN = ("max_steps=300", "data.batch_size=24", "data.num_workers=0", "model.audio_frames=96",
                  "model.depth=2", "objective.reconstruction_weight=0", "objective.mask_ratios=[0.0]",
                  "objective.temperature=0.2", "optim.lr=1e-3", "optim.warmup_steps=10",
