@@ -232,14 +232,6 @@ class ShardWriter:
         return stats
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def read_stats(files: fmt.ShardFiles) -> dict:
     return json.loads(files.stats.read_text())
 

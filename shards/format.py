@@ -22,6 +22,7 @@ is unambiguous and extracting a shard with `tar` cannot write outside its folder
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,3 +154,13 @@ def is_safe_key(key: str) -> bool:
 DEFAULT_FBANK_MEAN = -5.081
 DEFAULT_FBANK_STD = 4.4849
 TARGET_FRAMES = 1024
+
+
+def file_digest(path: Path) -> tuple[int, str]:
+    """(bytes, sha256 hex) of a file, read in 1 MiB chunks (the stats file's tar_bytes/tar_sha256)."""
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()

@@ -11,7 +11,6 @@ Problems are reported by shard and sample key.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -159,7 +158,7 @@ def _check_record(files: fmt.ShardFiles, check: _ShardCheck, stats: dict, proble
 
 def _check_tar(files: fmt.ShardFiles, stats: dict, ok_rows: list[dict], frame_size, problem) -> int:
     try:
-        size, digest = _size_and_sha256(files.tar)
+        size, digest = fmt.file_digest(files.tar)
     except OSError as exc:
         problem(f"tar unreadable: {exc}")
         return 0
@@ -187,15 +186,6 @@ def _check_tar(files: fmt.ShardFiles, stats: dict, ok_rows: list[dict], frame_si
     if stats.get("samples") not in (None, len(keys)):
         problem(f"tar has {len(keys)} samples, stats file says {stats['samples']}")
     return len(keys)
-
-
-def _size_and_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return size, digest.hexdigest()
 
 
 def _samples(tar: tarfile.TarFile, problem):

@@ -192,3 +192,14 @@ def test_retry_failed_redoes_only_failed_rows_and_equals_a_fresh_run(data, tmp_p
     assert [s["rows_to_decode"] for s in starts] == [4, 0, 1]
     assert cli(args(tmp_path / "fresh")) == 0
     assert snapshot(tmp_path / "retry") == snapshot(tmp_path / "fresh")
+
+    # a committed tar changed after commit (other size) is not reused: the shard is redone whole
+    (videos / "late0001.mp4").unlink()
+    assert cli(args(tmp_path / "damaged")) == 0
+    tar = tmp_path / "damaged" / "train-000000.tar"
+    damaged = bytearray(tar.read_bytes())
+    damaged[2048:2560] = bytes(512)
+    tar.write_bytes(bytes(damaged) + bytes(512))
+    shutil.copy(videos / f"{clips[0]['ytid']}.mp4", videos / "late0001.mp4")
+    assert cli(args(tmp_path / "damaged") + ["--retry-failed"]) == 0
+    assert snapshot(tmp_path / "damaged") == snapshot(tmp_path / "fresh")
