@@ -10,6 +10,7 @@ import io
 import json
 import os
 import stat
+import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,10 @@ from pipeline.stats import Moments, sample_moments
 from shards import format as fmt
 
 # Test-only fault hook: a worker whose row has this source id exits at once (os._exit), as a crash
-# in native code would. Used to prove that dead workers are replaced and their rows recorded.
+# in native code would, leaving a child process behind as a running ffmpeg would be. Used to prove
+# that dead workers are replaced, their rows recorded and their children killed.
 FAULT_EXIT_ENV = "AVSIAM_TEST_EXIT_ON_SOURCE_ID"
+FAULT_CHILD = ("sleep", "86.86")
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ def failed(task: ClipTask, reason: str, path: str | None = None) -> ClipResult:
 def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
     """Make the sample of `task`; bad input gives a failed result, never an exception."""
     if os.environ.get(FAULT_EXIT_ENV) == task.source_id:
+        subprocess.Popen(FAULT_CHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         os._exit(86)
     path = None
     try:

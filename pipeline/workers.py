@@ -220,8 +220,14 @@ class WorkerPool:
         self._remove(worker)
 
     def _bury(self, worker: _Worker) -> None:
-        """A worker process ended on its own: report its task (if any) and forget it."""
+        """A worker process ended on its own: report its task (if any) and forget it. Its
+        ffmpeg (same process group) may outlive it, beyond any time limit: kill the group first,
+        while the unreaped worker still holds the group's id."""
         self._receive(worker)
+        try:
+            os.killpg(worker.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
         worker.process.join()
         if worker.task is not None:
             self._done.append((worker.tag, WorkerFailure(

@@ -17,7 +17,7 @@ import pytest
 from cluster.cli import main as cli
 from pipeline import errors, media
 from pipeline.bounded_process import STDOUT, OutputLimitExceeded, run_bounded
-from pipeline.clip import FAULT_EXIT_ENV, ClipContext, ClipTask, process_clip
+from pipeline.clip import FAULT_CHILD, FAULT_EXIT_ENV, ClipContext, ClipTask, process_clip
 from pipeline.params import ClipParams, MediaLimits
 from shards import format as fmt
 from tests.test_pipeline_fixtures import ffmpeg, make_clip, run_cli
@@ -122,6 +122,19 @@ def test_a_dying_worker_is_replaced_and_its_row_recorded(clips, tmp_path):
     assert record[2]["reason"] == ("worker_died: worker process exited with code 86 while making "
                                    "this sample; the worker was replaced")
     assert cli(["verify", "--out", str(out)]) == 0
+    assert not _running(FAULT_CHILD), "the dead worker's child (its ffmpeg) was left running"
+
+
+def _running(argv: tuple[str, ...]) -> list[int]:
+    """Pids of live processes with exactly this command line."""
+    wanted, found = "\0".join(argv) + "\0", []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "cmdline").read_text() == wanted:
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
 
 
 def test_hostile_ids_give_safe_keys_and_tar_stays_in_its_folder(clips, tmp_path):
