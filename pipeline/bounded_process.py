@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-import resource
 import selectors
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +20,7 @@ STDOUT = "stdout"
 _CHUNK = 1 << 20
 _STDERR = "\0stderr"  # internal name of the stderr pipe
 _SAMPLE_S = 0.05  # how often the child's peak RSS is read
+_PRLIMIT = shutil.which("prlimit")
 
 
 class ProcessTimeout(Exception):
@@ -66,18 +67,16 @@ def _grow_pipe(fd: int, expected: int) -> None:
         pass
 
 
-def _limit_memory(proc: subprocess.Popen, memory_mb: int) -> None:
-    """RLIMIT_AS of the running child, set from outside (prlimit) so that Popen can use vfork:
-    a preexec_fn would force a full fork of a worker holding torch, ~100 ms per call. Popen
-    returns once exec succeeded, while ffmpeg is still loading its libraries, before it opens
-    its input."""
+def _with_memory_limit(command: list[str], memory_mb: int) -> list[str]:
+    """The command started under RLIMIT_AS by util-linux `prlimit`, which sets the limit and execs
+    it: the limit holds from ffmpeg's first instruction, and Popen keeps using vfork (a preexec_fn
+    would force a full fork of a worker holding torch, ~100 ms per call)."""
     if memory_mb <= 0:
-        return
-    limit = memory_mb << 20
-    try:
-        resource.prlimit(proc.pid, resource.RLIMIT_AS, (limit, limit))
-    except (ProcessLookupError, PermissionError, AttributeError):
-        pass
+        return command
+    if _PRLIMIT is None:
+        raise RuntimeError("the ffmpeg memory limit needs util-linux's `prlimit` (apt-get install "
+                           "util-linux), or pass --ffmpeg-memory-mb 0 to run without it")
+    return [_PRLIMIT, f"--as={memory_mb << 20}", "--", *command]
 
 
 def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
@@ -95,12 +94,11 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
                 extra[name] = os.pipe()
                 _grow_pipe(extra[name][0], outputs[name])
         urls = {name: "pipe:1" if name == STDOUT else f"pipe:{extra[name][1]}" for name in outputs}
-        command = build_command(urls)
+        command = _with_memory_limit(build_command(urls), memory_mb)
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
             stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()))
-        _limit_memory(proc, memory_mb)
         if proc.stdout is not None:
             _grow_pipe(proc.stdout.fileno(), outputs[STDOUT])
     finally:

@@ -107,6 +107,11 @@ def main(args: argparse.Namespace) -> int:
         print(f"avsiam shard: {' and '.join(missing)} not found on PATH; install ffmpeg "
               f"(Debian: apt-get install ffmpeg)", file=sys.stderr)
         return 2
+    if args.ffmpeg_memory_mb > 0 and shutil.which("prlimit") is None:
+        print("avsiam shard: prlimit (util-linux) not found on PATH; it applies --ffmpeg-memory-mb "
+              "to each ffmpeg (Debian: apt-get install util-linux), or pass --ffmpeg-memory-mb 0",
+              file=sys.stderr)
+        return 2
     previous = signal.signal(signal.SIGTERM, _exit_on_term)  # SLURM's warning, scancel
     try:
         summary = run(config_from_args(args))
