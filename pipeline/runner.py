@@ -22,7 +22,7 @@ from pipeline.config import ShardConfig
 from pipeline.labels import read_labels, vocabulary_from
 from pipeline.manifest import read_manifest
 from pipeline.params import params_hash
-from pipeline.plan import Plan, build_plan, load_or_write, read_plan
+from pipeline.plan import Plan, build_plan, load_or_write, read_plan, write_plan
 from pipeline.run_log import RunLog
 from pipeline.shard_writer import (Reused, ShardWriter, fsync_dir, identity,
                                    is_committed, read_stats, remove_leftovers)
@@ -51,9 +51,11 @@ def make_plan(cfg: ShardConfig) -> Plan:
     rows); otherwise the plan is rebuilt and must equal the stored one."""
     fingerprint = _input_fingerprint(cfg)
     stored = cfg.out / fmt.MANIFEST_NAME
+    stored_fingerprint = None
     if fingerprint and stored.exists():
         plan = read_plan(cfg.out)
-        if plan.meta.get("input_fingerprint") == fingerprint:
+        stored_fingerprint = plan.meta.get("input_fingerprint")
+        if stored_fingerprint == fingerprint:
             return plan
     manifest = read_manifest(cfg.manifest, cfg.manifest_format, videos=cfg.videos,
                              extensions=cfg.plan.extensions)
@@ -63,7 +65,11 @@ def make_plan(cfg: ShardConfig) -> Plan:
     plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()))
     plan.meta["input_fingerprint"] = fingerprint
     cfg.out.mkdir(parents=True, exist_ok=True)
-    return load_or_write(plan, cfg.out)
+    had_plan = stored.exists()
+    plan = load_or_write(plan, cfg.out)
+    if had_plan and fingerprint and stored_fingerprint != fingerprint:
+        write_plan(plan, cfg.out)       # same plan from other input bytes: remember these bytes
+    return plan
 
 
 def _input_fingerprint(cfg: ShardConfig) -> str | None:

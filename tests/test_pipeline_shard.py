@@ -203,3 +203,19 @@ def test_retry_failed_redoes_only_failed_rows_and_equals_a_fresh_run(data, tmp_p
     shutil.copy(videos / f"{clips[0]['ytid']}.mp4", videos / "late0001.mp4")
     assert cli(args(tmp_path / "damaged") + ["--retry-failed"]) == 0
     assert snapshot(tmp_path / "damaged") == snapshot(tmp_path / "fresh")
+
+
+def test_a_rebuilt_plan_remembers_the_new_input_bytes(data, tmp_path):
+    """Manifest bytes that change without changing the plan (a comment): the plan is rebuilt and
+    checked once, then stored with the new inputs' fingerprint so later runs reuse it unread."""
+    from pipeline.plan import read_plan
+
+    manifest = tmp_path / "segments.csv"
+    manifest.write_text(data["manifest"].read_text())
+    args = shard_args(manifest, data["labels"], data["videos"], tmp_path / "out", workers=1)
+    assert cli(args) == 0
+    first = read_plan(tmp_path / "out").meta["input_fingerprint"]
+    manifest.write_text("# edited comment\n" + data["manifest"].read_text())
+    assert cli(args) == 0
+    second = read_plan(tmp_path / "out").meta["input_fingerprint"]
+    assert first and second and second != first
