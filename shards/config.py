@@ -57,6 +57,8 @@ class LoaderConfig:
     label_smoothing: float | None = None
     mixup: float | None = None       # probability a sample is mixed with another of its batch
     mixup_alpha: float = 10.0        # lambda ~ Beta(alpha, alpha)
+    require_labels: bool = False     # a sample without labels is a bad sample (counted, replaced):
+    #                                  single-label training (cross-entropy) has no target for it
     balanced: bool = False           # streaming CAV-MAE balanced sampling (finetune)
     label_counts: tuple[float, ...] | None = None  # None: dataset.json "label_counts", else a scan
     # --- stream

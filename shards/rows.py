@@ -103,6 +103,9 @@ class RowDecoder:
             chosen = choose_frames(stored, cfg.frames, rng)
         meta = decode_meta(raw[META_SUFFIX])
         labels = meta.get("label_indices") or []
+        if cfg.require_labels and not labels:
+            raise BadSample("no_label", "the sample has no label (require_labels: cross-entropy "
+                                        "needs one per clip)")
         if cfg.num_classes is not None and any(not 0 <= i < cfg.num_classes for i in labels):
             raise BadSample("bad_label", f"label_indices {labels} outside num_classes={cfg.num_classes}")
         fbank = decode_fbank(raw[FBANK_SUFFIX])

@@ -237,3 +237,16 @@ def test_a_ring_larger_than_free_shared_memory_is_refused_with_the_fix(tmp_path)
         huge = {"audio": ((1 << 20, 1 << 20, 128), torch.float32)}      # 512 TiB: never allocated
         with pytest.raises(RuntimeError, match="shared memory"):
             HandoverRing(huge, workers=1, slots=3)
+
+
+def test_require_labels_skips_and_counts_unlabelled_samples(tmp_path):
+    write_split(tmp_path, [4, 4], num_frames=2,
+                label_fn=lambda shard, index, classes: [] if index == 1 else [index % 3])
+    options = dict(mode="finetune", batch_size=4, num_classes=3, label_type="index", mixup=0.0,
+                   label_smoothing=0.0, audio_frames=32, seed=1)
+    loader = make_loader(str(tmp_path), require_labels=True, **options)
+    batches = list(loader)
+    assert loader.skipped_by_reason == {"no_label": 2}
+    assert all((b["labels"] >= 0).all() for b in batches)          # every row has a target
+    plain = list(make_loader(str(tmp_path), **options))
+    assert sum(int((b["labels"] < 0).sum()) for b in plain) == 2   # without it: index -1 rows

@@ -25,8 +25,9 @@ def classification_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) 
     if kind == "ce":
         mass = targets.sum(dim=-1, keepdim=True)
         if bool((mass <= 0).any()):
-            raise ValueError("a clip without labels cannot be trained with cross-entropy; use "
-                             "loss=bce or drop unlabelled clips from the shards")
+            raise ValueError("a clip without labels cannot be trained with cross-entropy (the "
+                             "fine-tuning loader skips them with require_labels); use loss=bce or "
+                             "drop unlabelled clips from the shards")
         return F.cross_entropy(logits, targets / mass)
     raise ValueError(f"unknown loss {kind!r}; choose bce or ce")
 
