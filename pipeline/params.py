@@ -60,10 +60,11 @@ class ClipParams:
     """Longest file duration accepted (what the container claims)."""
 
     def __post_init__(self) -> None:
-        _check(1 <= self.num_frames <= 1000,
-               f"num_frames must be in 1..1000, got {self.num_frames}")
-        _check(16 <= self.frame_size <= 4096,
-               f"frame_size must be in 16..4096, got {self.frame_size}")
+        _check(1 <= self.num_frames <= fmt.MAX_FRAMES,
+               f"num_frames must be in 1..{fmt.MAX_FRAMES}, got {self.num_frames}")
+        _check(fmt.MIN_FRAME_SIZE <= self.frame_size <= fmt.MAX_FRAME_SIZE,
+               f"frame_size must be in {fmt.MIN_FRAME_SIZE}..{fmt.MAX_FRAME_SIZE}, got "
+               f"{self.frame_size}")
         _check(1 <= self.jpeg_quality <= 100,
                f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         _check(0 < self.max_window_seconds <= 24 * 3600,

@@ -167,7 +167,7 @@ class ShardWriter:
     def _copy_old(self, item: Reused) -> None:
         """Copy a kept sample's members from the old tar (which holds samples in row order)."""
         for member in self._old_members:
-            key, _, suffix = member.name.partition(".")
+            key, suffix = fmt.split_member(member.name)
             if key != item.key:
                 continue
             data = self._old.extractfile(member).read()

@@ -21,12 +21,12 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .format import MANIFEST_NAME, META_SUFFIX, STATUS_OK
+from .format import (FBANK_SUFFIX, FIRST_FRAME, MANIFEST_NAME, MAX_META_BYTES, META_SUFFIX,
+                     STATUS_OK, split_member)
 from .sources import ShardRef
 
 LABEL_WEIGHT_NUMERATOR = 1000.0
 LABEL_WEIGHT_EPS = 0.01
-MAX_META_BYTES = 1 << 16
 
 
 def label_weights(label_counts: Sequence[float]) -> np.ndarray:
@@ -110,12 +110,12 @@ def scan_label_counts(shards: Iterable[ShardRef], num_classes: int) -> tuple[np.
         labels_of: dict[str, list] = {}
         with tarfile.open(shard.url, mode="r:") as tar:
             for info in tar:
-                key, _, suffix = info.name.partition(".")
+                key, suffix = split_member(info.name)
                 members.setdefault(key, set()).add(suffix)
                 if suffix == META_SUFFIX and info.isreg() and info.size <= MAX_META_BYTES:
                     labels_of[key] = meta_labels({META_SUFFIX: tar.extractfile(info).read()}) or []
         for key, suffixes in members.items():
-            if "fbank.npy" in suffixes and "f0.jpg" in suffixes:
+            if FBANK_SUFFIX in suffixes and FIRST_FRAME in suffixes:
                 total += 1
                 for i in labels_of.get(key, []):
                     if 0 <= i < num_classes:

@@ -19,11 +19,11 @@ from torchvision.transforms.v2.functional import InterpolationMode, resize
 
 from .errors import BadSample
 from .npy import all_finite, load_array
-from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX, NUM_MEL_BINS, frame_suffix
+from .format import (FBANK_SUFFIX, FRAME_SUFFIX_RE, MAX_FRAME_SIZE, MAX_META_BYTES, META_SUFFIX,
+                     NUM_MEL_BINS, frame_suffix)
 
 JPEG_MAGIC = b"\xff\xd8\xff"
-MAX_META_BYTES = 1 << 16
-MAX_FRAME_PIXELS = 4096 * 4096
+MAX_FRAME_PIXELS = MAX_FRAME_SIZE * MAX_FRAME_SIZE
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 

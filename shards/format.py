@@ -27,6 +27,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from .files import open_regular
+
 FORMAT_VERSION = 1
 
 # --- shard naming -------------------------------------------------------------------------------
@@ -73,9 +75,49 @@ DEFAULT_FRAME_SIZE = 224
 # The only member suffixes a loader decodes; anything else in a shard is ignored, never decoded.
 DECODABLE_SUFFIXES = ("npy", "jpg", "json")
 
+# --- bounds: what a writer may produce and the most a reader accepts ----------------------------
+MAX_FRAMES = 1000              # frames per clip (f0 .. f999)
+MIN_FRAME_SIZE = 16
+MAX_FRAME_SIZE = 4096          # frame side in pixels
+MAX_META_BYTES = 1 << 16       # KEY.json
+# All members of one sample together, as their tar headers declare them. A sample written with the
+# default parameters (10 frames of 224 px, 10 s of fbank) is ~0.6 MB; one of 60 s (the pipeline's
+# longest window) with 16 frames of 384 px ~3 MB. Readers refuse more before reading a byte of it.
+MAX_SAMPLE_BYTES = 8 << 20
+
 
 def frame_suffix(i: int) -> str:
     return f"f{i}.jpg"
+
+
+FIRST_FRAME = frame_suffix(0)
+
+
+def split_member(name: str) -> tuple[str | None, str | None]:
+    """(key, suffix) of a tar member name, split exactly as webdataset splits it: the key ends at
+    the first dot of the base name (`a/b.c.d` -> `a/b`, `c.d`); (None, None) when it has none."""
+    base = name.rfind("/") + 1
+    dot = name.find(".", base)
+    if dot < 0:
+        return None, None
+    if dot == base:              # `x/.y.z`: the key is `x/` if no dot precedes it since a slash
+        if base == 0 or "." in name[name.rfind("/", 0, base - 1) + 1:base]:
+            return None, None
+    return name[:dot], name[dot + 1:]
+
+
+def frame_number(suffix: str) -> int | None:
+    """i of a frame suffix "f{i}.jpg" (FRAME_SUFFIX_RE) with i < MAX_FRAMES, else None."""
+    if suffix.startswith("f") and suffix.endswith(".jpg") and suffix[1:-4].isdecimal():
+        index = int(suffix[1:-4])
+        return index if index < MAX_FRAMES else None
+    return None
+
+
+def is_format_suffix(suffix: str | None) -> bool:
+    """True for the member suffixes the format defines; a reader never reads any other member."""
+    return suffix == FBANK_SUFFIX or suffix == META_SUFFIX or (
+        suffix is not None and frame_number(suffix) is not None)
 
 
 def member_suffixes(num_frames: int, has_audio: bool, has_video: bool) -> list[str]:
@@ -157,9 +199,10 @@ TARGET_FRAMES = 1024
 
 
 def file_digest(path: Path) -> tuple[int, str]:
-    """(bytes, sha256 hex) of a file, read in 1 MiB chunks (the stats file's tar_bytes/tar_sha256)."""
+    """(bytes, sha256 hex) of a regular file, read in 1 MiB chunks (the stats file's
+    tar_bytes/tar_sha256); NotRegularFile (an OSError) for a FIFO, device or directory."""
     digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         while chunk := handle.read(1 << 20):
             digest.update(chunk)
             size += len(chunk)

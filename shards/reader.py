@@ -22,48 +22,24 @@ import re
 from typing import Callable, Iterator
 
 from webdataset.gopen import Pipe
-from webdataset.tariterators import base_plus_ext, reraise_exception, tar_file_iterator
+from webdataset.tariterators import reraise_exception, tar_file_iterator
 
-from .format import FBANK_SUFFIX, FRAME_SUFFIX_RE, META_SUFFIX, frame_suffix
+from .format import (FBANK_SUFFIX, FIRST_FRAME, FRAME_SUFFIX_RE, META_SUFFIX, frame_number,
+                     frame_suffix, split_member)
 from .shardlists import END_OF_PASS
 from .sources import ShardRef
 from .tarscan import tar_file_members
 
-FIRST_FRAME = "f0.jpg"
-
-
-MAX_FRAMES = 1000      # the pipeline's limit on frames per clip
-
-
-def split_name(fname: str) -> tuple[str | None, str | None]:
-    """(key, suffix) of a member name exactly as webdataset's `base_plus_ext` splits it (the key
-    ends at the first dot of the base name), with string operations instead of a regex."""
-    base = fname.rfind("/") + 1
-    dot = fname.find(".", base)
-    if dot < 0:                          # no dot in the base name
-        return None, None
-    if dot == base:                      # base name starts with a dot: rare, the regex decides
-        return base_plus_ext(fname)
-    return fname[:dot], fname[dot + 1:]
-
-
-def frame_number(suffix: str) -> int | None:
-    """i of a frame suffix "f{i}.jpg" (FRAME_SUFFIX_RE), else None."""
-    if suffix.startswith("f") and suffix.endswith(".jpg") and suffix[1:-4].isdecimal():
-        return int(suffix[1:-4])
-    return None
-
-
 def format_member(fname: str) -> tuple[str, int | None] | None:
     """(key, frame number or None for the fbank/json) of a member the format defines; None for
     every other name (never read)."""
-    key, suffix = split_name(fname)
+    key, suffix = split_member(fname)
     if suffix is None:
         return None
     if suffix in (FBANK_SUFFIX, META_SUFFIX):
         return key, None
     index = frame_number(suffix)
-    return (key, index) if index is not None and index < MAX_FRAMES else None
+    return (key, index) if index is not None else None
 
 
 def is_format_member(fname: str) -> bool:
@@ -146,7 +122,7 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
     error = None
     try:
         for fname, data in tar_members(shard.url, members):
-            key, suffix = split_name(fname)
+            key, suffix = split_member(fname)
             if current is None or key != current["__key__"]:
                 if current is not None:
                     usable += has_both_modalities(members.finish(current))

@@ -192,8 +192,8 @@ def _samples(tar: tarfile.TarFile, problem):
     """(key, {suffix: bytes}) of each run of members sharing a key, streaming."""
     key, members = None, {}
     for member in tar:
-        name_key, dot, suffix = member.name.partition(".")
-        if not member.isfile() or not dot or not fmt.is_safe_key(name_key):
+        name_key, suffix = fmt.split_member(member.name)
+        if not member.isfile() or suffix is None or not fmt.is_safe_key(name_key):
             problem(f"unsafe or malformed member {member.name!r}", name_key or None)
             continue
         if name_key != key:

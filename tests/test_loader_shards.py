@@ -157,15 +157,14 @@ def test_fixture_shards_follow_the_format(tmp_path):
 def test_member_names_split_exactly_like_webdataset():
     from webdataset.tariterators import base_plus_ext
 
-    from shards.format import FRAME_SUFFIX_RE
-    from shards.reader import frame_number, split_name
+    from shards.format import FRAME_SUFFIX_RE, frame_number, split_member
 
     names = ["a.b", "a/b.c/d.e", "a.b.c", ".x", "noext", "dir/.hidden.jpg", "x/", "k.f3.jpg",
              "k.f\u0661\u0662.jpg", "k.f.jpg", "k.f12.jpgx", "/a.b", "a/b", "ab.", "a..b",
-             "k.f03.jpg", "k.f\u00b23.jpg", "d.x/.y.z"]
+             "k.f03.jpg", "k.f\u00b23.jpg", "d.x/.y.z", ".//.", "a/..b", "a/b/.c.d", "a.b/c/.d"]
     for name in names:
-        assert split_name(name) == base_plus_ext(name), name
-        suffix = split_name(name)[1]
+        assert split_member(name) == base_plus_ext(name), name
+        suffix = split_member(name)[1]
         if suffix is not None:
             match = FRAME_SUFFIX_RE.match(suffix)
             assert frame_number(suffix) == (int(match.group("i")) if match else None), name
