@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .format import TARGET_FRAMES
+from .format import MAX_SAMPLE_BYTES, TARGET_FRAMES
 
 MODES = ("pretrain", "finetune", "eval")
 
@@ -64,6 +64,9 @@ class LoaderConfig:
     # --- stream
     shuffle_buffer: int | None = None        # samples held (undecoded) per lane; 0 = no shuffle
     shuffle_buffer_bytes: int = 512 << 20    # and at most this many bytes per lane
+    max_sample_bytes: int = MAX_SAMPLE_BYTES  # all members of one sample together, as their tar
+    #                                  headers declare them; a larger sample is a counted skip
+    #                                  (oversized_sample), refused before any of it is read
     resampled: bool | None = None    # draw shards with replacement (None: only when mixing)
     samples_per_epoch: int | None = None  # None: counted from the shards' records
     drop_last: bool = True           # train: floor (True) or ceil (False) of samples/(B*world)
@@ -110,6 +113,10 @@ class LoaderConfig:
         if self.shuffle_buffer is not None and self.shuffle_buffer < 0:
             raise ValueError("shuffle_buffer must be >= 0")
         _positive("shuffle_buffer_bytes", self.shuffle_buffer_bytes)
+        _positive("max_sample_bytes", self.max_sample_bytes)
+        for name in ("num_classes", "image_size", "num_frames"):
+            if getattr(self, name) is not None:
+                _positive(name, getattr(self, name))
         _positive("prefetch_factor", self.prefetch_factor)
         if self.samples_per_epoch is not None:
             _positive("samples_per_epoch", self.samples_per_epoch)

@@ -1,50 +1,39 @@
 """Raw samples from tar shards: bytes grouped by key, nothing decoded.
 
-Local shards are walked by `tarscan` (seekable: each kept member is read with one call, skipped
-members are never read; several times less CPU than a stream walk). `pipe:`
-commands (already allowed by `sources.check_url`) are read with plain webdataset (`Pipe`,
-`tar_file_iterator`). Only the members the format defines are kept (KEY.fbank.npy, KEY.fN.jpg,
-KEY.json); any other member, a `.pyd`, `.pickle` or `.pth` included, is skipped by name and its bytes
-are never kept, so nothing else can be decoded later.
+Shards are walked by `tarscan` (a local file seekably: each kept member is read with one call,
+skipped members are never read; a `pipe:` command, already allowed by `sources.check_url`, as a
+stream). Only the members the format defines are kept (KEY.fbank.npy, KEY.fN.jpg, KEY.json); any
+other member, a `.pyd`, `.pickle` or `.pth` included, is skipped by name and its bytes are never
+kept, so nothing else can be decoded later.
+
+Byte budget: all members of one sample together may claim at most `max_sample_bytes` in their tar
+headers (shards.format.MAX_SAMPLE_BYTES by default). Past it the sample's further members are not
+read and the sample becomes an error item, so however a shard's members are sized, a lane holds
+at most one budget of a sample's bytes at a time (plus its shuffle buffer's bytes). A sample whose
+key is not a safe key (format.is_safe_key: `../x`, `/abs`, ...) becomes an error item too.
 
 When one frame is used (a random one in training, a fixed index), only candidate frame members are
 read and one is kept (`MemberFilter`): most of a 10-frame sample's JPEG bytes are never read and
 none of the unused ones are buffered. A raw sample is a dict {"__key__", "__url__", "__source__",
 "__nbytes__", suffix: bytes, ...} plus "__video__" and "__frames__" (the kept frame) then.
 An END_OF_PASS in the shard sequence becomes a {"__flush__": True} marker for the shuffle buffer.
-Shard-level failures (unreadable, truncated, fewer samples than its record says) become one error
-item {"__error__": reason, "__message__": ..., "__url__": ...} in the stream: it takes a position like
-a sample, so it is counted exactly once, at decode time, and replays identically on resume.
+Failures become error items {"__error__": reason, "__message__": ..., "__url__": ..., "__key__": key
+or None} in the stream: a refused sample (oversized_sample, unsafe_key) where the sample was, a
+shard-level failure (unreadable, truncated, fewer samples than its record says) after the shard's
+samples. An error item takes a position like a sample, so it is counted exactly once, at decode
+time, and replays identically on resume.
 """
 from __future__ import annotations
 
-import re
-from typing import Callable, Iterator
+from typing import Iterator
 
 from webdataset.gopen import Pipe
-from webdataset.tariterators import reraise_exception, tar_file_iterator
 
-from .format import (FBANK_SUFFIX, FIRST_FRAME, FRAME_SUFFIX_RE, META_SUFFIX, frame_number,
-                     frame_suffix, split_member)
+from .format import (FBANK_SUFFIX, FIRST_FRAME, FRAME_SUFFIX_RE, MAX_SAMPLE_BYTES, META_SUFFIX,
+                     frame_number, frame_suffix, is_safe_key, split_member)
 from .shardlists import END_OF_PASS
 from .sources import ShardRef
-from .tarscan import tar_file_members
-
-def format_member(fname: str) -> tuple[str, int | None] | None:
-    """(key, frame number or None for the fbank/json) of a member the format defines; None for
-    every other name (never read)."""
-    key, suffix = split_member(fname)
-    if suffix is None:
-        return None
-    if suffix in (FBANK_SUFFIX, META_SUFFIX):
-        return key, None
-    index = frame_number(suffix)
-    return (key, index) if index is not None else None
-
-
-def is_format_member(fname: str) -> bool:
-    """True for the member names the format defines; everything else is never read."""
-    return format_member(fname) is not None
+from .tarscan import READ, REFUSE, SKIP, tar_file_members, tar_stream_members
 
 
 def open_pipe(url: str):
@@ -57,31 +46,46 @@ def has_both_modalities(sample: dict) -> bool:
 
 
 class MemberFilter:
-    """Which members are read: the format's, and of a sample's frames only one when `pick` is set.
+    """Which members are read (tarscan's `keep`): the format's, within the sample byte budget, and
+    of a sample's frames only one when `pick` is set.
 
+    Budget: the sizes the tar headers declare for all members of a key add up, in tar order; once
+    they pass `max_sample_bytes` every further member of that key is REFUSEd (never read).
     pick = ("index", i): frame i only. pick = ("random", rng): one frame uniformly at random among
     the frames the sample has, chosen while streaming (reservoir of one: the k-th frame member
     replaces the kept one with probability 1/k; about 3 of 10 frames are read). The draws happen in
     tar order from a generator the caller seeds, so reading the same shards again replays them."""
 
-    def __init__(self, pick: tuple | None = None):
+    def __init__(self, pick: tuple | None = None, max_sample_bytes: int = MAX_SAMPLE_BYTES):
         self.pick = pick
+        self.budget = max_sample_bytes
+        self.key: str | None = None             # the sample being read, and what its members claim
+        self.claimed = 0
         self.seen: dict[str, int] = {}          # key -> frame members seen so far
         self.chosen: dict[str, int] = {}        # key -> kept frame, until `finish` takes it
 
-    def __call__(self, fname: str) -> bool:
-        member = format_member(fname)
-        if member is None:
-            return False
-        key, index = member
-        if index is None or self.pick is None:
-            return True
+    def __call__(self, fname: str, size: int) -> int:
+        key, suffix = split_member(fname)
+        if suffix is None:
+            return SKIP                         # not a member of any sample
+        if key != self.key:
+            self.key, self.claimed = key, 0
+        self.claimed += size
+        if self.claimed > self.budget:
+            return REFUSE
+        if suffix == FBANK_SUFFIX or suffix == META_SUFFIX:
+            return READ
+        index = frame_number(suffix)
+        if index is None:
+            return SKIP
+        if self.pick is None:
+            return READ
         self.seen[key] = count = self.seen.get(key, 0) + 1
         kind, value = self.pick
         take = index == value if kind == "index" else value.random() * count < 1.0
         if take:
             self.chosen[key] = index
-        return take
+        return READ if take else SKIP
 
     def finish(self, sample: dict) -> dict:
         """On a grouped sample: keep only the chosen frame, note whether it had frames at all."""
@@ -99,23 +103,25 @@ class MemberFilter:
     def clear(self) -> None:
         self.seen.clear()
         self.chosen.clear()
+        self.key, self.claimed = None, 0
 
 
-def tar_members(url: str, keep: Callable[[str], bool]) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of the members `keep` accepts, in tar order (local file or allowed pipe:)."""
+def tar_members(url: str, keep: MemberFilter) -> Iterator[tuple[str, bytes | None]]:
+    """(name, bytes or None if refused) of the members `keep` reads or refuses, in tar order
+    (a local file or an allowed pipe:)."""
     if not url.startswith("pipe:"):
         yield from tar_file_members(url, keep)
         return
     stream = open_pipe(url)
     try:
-        for member in tar_file_iterator(stream, handler=reraise_exception, select_files=keep):
-            yield member["fname"], member["data"]
+        yield from tar_stream_members(stream, keep)
     finally:
         stream.close()
 
 
 def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator[dict]:
-    """Raw samples of one shard in tar order, then an error item if the shard was damaged."""
+    """Raw samples of one shard in tar order (refused ones as error items), then an error item if
+    the shard was damaged."""
     members = members or MemberFilter()
     current: dict | None = None
     usable = 0
@@ -125,10 +131,14 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
             key, suffix = split_member(fname)
             if current is None or key != current["__key__"]:
                 if current is not None:
-                    usable += has_both_modalities(members.finish(current))
+                    current = _finished(current, members)
+                    usable += _present(current)
                     yield current
                 current = {"__key__": key, "__url__": shard.url, "__source__": shard.source,
                            "__nbytes__": 0}
+            if data is None:
+                current["__refused__"] = True
+                continue
             if suffix in current:
                 current["__duplicate__"] = suffix
             current[suffix] = data
@@ -136,7 +146,8 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
     except Exception as e:  # noqa: BLE001 - any read failure of a shard is a counted, logged skip
         error = ("unreadable_shard", f"{type(e).__name__}: {e}")
     if current is not None:
-        usable += has_both_modalities(members.finish(current))
+        current = _finished(current, members)
+        usable += _present(current)
         yield current
     members.clear()
     if error is None and shard.samples is not None and usable < shard.samples:
@@ -144,6 +155,29 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
     if error is not None:
         yield {"__error__": error[0], "__message__": error[1], "__url__": shard.url,
                "__key__": None, "__source__": shard.source, "__nbytes__": 0}
+
+
+def _finished(sample: dict, members: MemberFilter) -> dict:
+    """The grouped sample, or an error item in its place when it was refused or its key is unsafe."""
+    members.finish(sample)
+    key = sample["__key__"]
+    if is_safe_key(key) and "__refused__" not in sample:
+        return sample
+    if not is_safe_key(key):
+        reason, message = "unsafe_key", (f"key {key!r} is not [A-Za-z0-9_-]+ (at most 128 "
+                                         "characters); such a sample is never used")
+    else:
+        reason, message = "oversized_sample", (
+            f"its members claim more than {members.budget} bytes together in the tar headers; "
+            "raise max_sample_bytes if such samples are intended")
+    return {"__error__": reason, "__message__": message, "__url__": sample["__url__"],
+            "__key__": key, "__source__": sample["__source__"], "__nbytes__": 0,
+            "__sample__": True}
+
+
+def _present(sample: dict) -> bool:
+    """Whether the sample counts among those the shard's record lists as usable."""
+    return "__sample__" in sample or has_both_modalities(sample)
 
 
 def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None,
@@ -169,11 +203,7 @@ def read_shards(shards: Iterator[ShardRef], give_up_after: int | None = None,
                 f"{shard.url}; check the shards with `avsiam verify` or pass other urls")
 
 
-_KEY_SAFE = re.compile(r"^[A-Za-z0-9_/-]+$")
-
-
 def describe(sample: dict) -> str:
-    """`url:key` for messages (the key only if it is printable)."""
+    """`url:key` for messages (the key quoted unless it is a safe key)."""
     key = sample.get("__key__")
-    key = key if isinstance(key, str) and _KEY_SAFE.match(key) else repr(key)
-    return f"{sample.get('__url__')}:{key}"
+    return f"{sample.get('__url__')}:{key if isinstance(key, str) and is_safe_key(key) else repr(key)}"

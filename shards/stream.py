@@ -119,7 +119,7 @@ def dataset_samples(spec: StreamSpec, epoch: int, lane: int) -> Iterator[dict]:
                                           world_size=cfg.world_size, lane=lane,
                                           lanes=cfg.lanes), 2 * n + 1
         members = MemberFilter(frame_picker(cfg, rng_for(cfg.seed, epoch, TAG_FRAMES, cfg.rank,
-                                                         lane, index)))
+                                                         lane, index)), cfg.max_sample_bytes)
         streams.append(keep_complete(read_shards(shards, give_up, members)))
     if len(streams) == 1:
         return streams[0]
