@@ -6,7 +6,8 @@
 - KEY.fN.jpg: JPEG magic and the frame header's size (<= 4096 x 4096) checked, then decoded by
   torchvision's JPEG decoder only (RGB, uint8).
 - KEY.json: at most 64 KiB, `json.loads`, must be an object; label indices must be integers.
-Every failure raises `BadSample(reason, message)`; the stream counts it and moves on.
+Every failure raises `BadSample(reason, message)`; the stream counts it and moves on (so does any
+other exception a decoder raises: see rows.RowDecoder).
 """
 from __future__ import annotations
 
@@ -82,8 +83,9 @@ def decode_meta(data: bytes) -> dict:
         raise BadSample("corrupt_json", f"{META_SUFFIX} is missing or larger than {MAX_META_BYTES} bytes")
     try:
         meta = json.loads(data)
-    except ValueError as e:
-        raise BadSample("corrupt_json", f"{META_SUFFIX} is not valid JSON: {e}") from None
+    except (ValueError, RecursionError) as e:       # RecursionError: nesting too deep
+        raise BadSample("corrupt_json", f"{META_SUFFIX} is not valid JSON: {type(e).__name__}: "
+                                        f"{str(e)[:200]}") from None
     if not isinstance(meta, dict):
         raise BadSample("corrupt_json", f"{META_SUFFIX} is not a JSON object")
     labels = meta.get("label_indices", [])

@@ -4,10 +4,13 @@ Each row's random draws come from a generator seeded by its stream position, so 
 the same values whenever it is decoded. Bad samples are not counted here but when their batch is
 finished (`BatchFinisher`), so a sample decoded early (see below) is counted once, with its own batch.
 
-Training replaces a bad row by a copy of a good row of the same batch. A batch with no good row at
-all borrows the first good row of the following groups (decoded ahead, up to LOOKAHEAD groups, and
-kept for their own turn): still a pure function of the stream, so resume stays exact; only a stream
-with no usable sample in LOOKAHEAD batches in a row stops, with an error naming the shards.
+A sample is bad when a decoder refuses it (BadSample, with its reason) or raises anything else
+while decoding it (counted as `undecodable`, with the exception's type): hostile bytes never end
+a stream. Training replaces a bad row by a copy of a good row of the same batch. A batch with no
+good row at all borrows the first good row of the following groups (decoded ahead, up to
+LOOKAHEAD groups, and kept for their own turn): still a pure function of the stream, so resume
+stays exact; only a stream with no usable sample in LOOKAHEAD batches in a row stops, with an
+error naming the shards.
 """
 from __future__ import annotations
 
@@ -89,6 +92,9 @@ class RowDecoder:
             return self.decode(raw, rng)
         except BadSample as e:
             return BadRow(e, describe(raw))
+        except Exception as e:  # noqa: BLE001 - whatever a decoder raises on hostile bytes
+            return BadRow(BadSample("undecodable", f"{type(e).__name__}: {str(e)[:200]}"),
+                          describe(raw))
 
     def decode(self, raw: dict, rng: np.random.Generator) -> dict:
         cfg = self.cfg
