@@ -15,16 +15,21 @@ shards' KEY.json members (local shards; only tar headers and the small JSON memb
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tarfile
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from .files import MetadataError
 from .format import (FBANK_SUFFIX, FIRST_FRAME, MANIFEST_NAME, MAX_META_BYTES, META_SUFFIX,
                      STATUS_OK, split_member)
+from .records import (MAX_MANIFEST_BYTES, MAX_MANIFEST_ROWS, MAX_RECORD_BYTES, MAX_RECORD_ROWS,
+                      read_columns, record_path)
 from .sources import ShardRef
+from .tarscan import READ, SKIP, tar_file_members
 
+log = logging.getLogger("shards")
 LABEL_WEIGHT_NUMERATOR = 1000.0
 LABEL_WEIGHT_EPS = 0.01
 
@@ -69,8 +74,10 @@ def meta_labels(sample: dict) -> list[int] | None:
     try:
         meta = json.loads(data)
         labels = meta.get("label_indices") if isinstance(meta, dict) else None
-        return [int(i) for i in labels] if isinstance(labels, list) else None
-    except (ValueError, TypeError):
+        if not isinstance(labels, list) or not all(type(i) is int for i in labels):
+            return None
+        return labels
+    except (ValueError, RecursionError):         # RecursionError: nesting too deep
         return None
 
 
@@ -99,7 +106,9 @@ class BalanceRepeat:
 
 
 def scan_label_counts(shards: Iterable[ShardRef], num_classes: int) -> tuple[np.ndarray, int]:
-    """Label counts and the number of samples with audio and frames, read from local shards' JSON."""
+    """Label counts and the number of samples with audio and frames, read from local shards' JSON
+    (only tar headers and the small JSON members are read; a damaged shard adds nothing and is
+    named in a warning)."""
     counts = np.zeros(num_classes, dtype=np.float64)
     total = 0
     for shard in shards:
@@ -108,12 +117,14 @@ def scan_label_counts(shards: Iterable[ShardRef], num_classes: int) -> tuple[np.
                              "dataset.json 'label_counts'); pipe: shards cannot be scanned")
         members: dict[str, set] = {}
         labels_of: dict[str, list] = {}
-        with tarfile.open(shard.url, mode="r:") as tar:
-            for info in tar:
-                key, suffix = split_member(info.name)
-                members.setdefault(key, set()).add(suffix)
-                if suffix == META_SUFFIX and info.isreg() and info.size <= MAX_META_BYTES:
-                    labels_of[key] = meta_labels({META_SUFFIX: tar.extractfile(info).read()}) or []
+        try:
+            for name, data in tar_file_members(shard.url, JsonMembers(members)):
+                key, _ = split_member(name)
+                labels_of[key] = meta_labels({META_SUFFIX: data}) or []
+        except Exception as e:  # noqa: BLE001 - a damaged shard: its samples are skipped later
+            log.warning("shards: label counts leave out %s (%s: %s)", shard.url,
+                        type(e).__name__, e)
+            continue
         for key, suffixes in members.items():
             if FBANK_SUFFIX in suffixes and FIRST_FRAME in suffixes:
                 total += 1
@@ -123,26 +134,44 @@ def scan_label_counts(shards: Iterable[ShardRef], num_classes: int) -> tuple[np.
     return counts, total
 
 
+class JsonMembers:
+    """tarscan `keep`: notes every member's suffix by key, reads only the small KEY.json ones."""
+
+    def __init__(self, members: dict[str, set]):
+        self.members = members
+
+    def __call__(self, name: str, size: int) -> int:
+        key, suffix = split_member(name)
+        if suffix is None:
+            return SKIP
+        self.members.setdefault(key, set()).add(suffix)
+        return READ if suffix == META_SUFFIX and size <= MAX_META_BYTES else SKIP
+
+
 def manifest_label_counts(folder: str, shards: Iterable[ShardRef],
                           num_classes: int) -> tuple[np.ndarray, int] | None:
     """Label counts of the usable rows (records: ok, audio and video) from manifest.parquet."""
-    import pyarrow.parquet as pq
-
     manifest = os.path.join(folder, MANIFEST_NAME)
-    records = [s.url[:-4] + ".parquet" for s in shards]
+    records = [record_path(s.url) for s in shards]
     if not os.path.exists(manifest) or not all(os.path.exists(r) for r in records):
         return None
-    table = pq.read_table(manifest, columns=["row", "label_indices"]).to_pydict()
-    labels_of = dict(zip(table["row"], table["label_indices"]))
+    table = read_columns(manifest, ["row", "label_indices"], max_rows=MAX_MANIFEST_ROWS,
+                         max_bytes=MAX_MANIFEST_BYTES).to_pydict()
     counts = np.zeros(num_classes, dtype=np.float64)
     total = 0
-    for record in records:
-        rows = pq.read_table(record, columns=["row", "status", "has_audio", "has_video"]).to_pydict()
-        for row, status, audio, video in zip(rows["row"], rows["status"], rows["has_audio"],
-                                             rows["has_video"]):
-            if status == STATUS_OK and audio and video:
-                total += 1
-                for i in labels_of.get(row) or []:
-                    if 0 <= i < num_classes:
-                        counts[i] += 1
+    try:
+        labels_of = dict(zip(table["row"], table["label_indices"]))
+        for record in records:
+            rows = read_columns(record, ["row", "status", "has_audio", "has_video"],
+                                max_rows=MAX_RECORD_ROWS, max_bytes=MAX_RECORD_BYTES).to_pydict()
+            for row, status, audio, video in zip(rows["row"], rows["status"], rows["has_audio"],
+                                                 rows["has_video"]):
+                if status == STATUS_OK and audio and video:
+                    total += 1
+                    for i in labels_of.get(row) or []:
+                        if 0 <= i < num_classes:
+                            counts[i] += 1
+    except (TypeError, IndexError) as e:         # columns of other types than the plan's
+        raise MetadataError(f"{manifest} or a shard record has columns of the wrong type "
+                            f"({e}); write the plan again with `avsiam shard`") from None
     return counts, total

@@ -50,10 +50,10 @@ def make_loader(urls, mode: str = "pretrain", *, batch_size: int, rank: int = 0,
     """Build the loader of one rank (see the module doc; options: LoaderConfig fields)."""
     cfg = LoaderConfig(mode=mode, batch_size=batch_size, rank=rank, world_size=world_size,
                        num_workers=num_workers, seed=seed, **options)
-    datasets = resolve_sources(urls, allow_pipe=cfg.allow_pipe)
+    datasets = resolve_sources(urls, allow_pipe=cfg.allow_pipe, wanted=wanted_facts(cfg))
     facts = datasets[0].facts or {}
-    if cfg.num_classes is None and cfg.mode != "pretrain" and facts.get("num_classes"):
-        cfg = dataclasses.replace(cfg, num_classes=int(facts["num_classes"]))
+    if "num_classes" in facts:
+        cfg = dataclasses.replace(cfg, num_classes=facts["num_classes"])
     norm = tuple(_norm_of(cfg, ds) for ds in datasets)
     cfg = cfg.resolved(fbank_mean=norm[0][0], fbank_std=norm[0][1],
                        image_size=int(facts.get("frame_size", DEFAULT_FRAME_SIZE)),
@@ -68,6 +68,20 @@ def make_loader(urls, mode: str = "pretrain", *, batch_size: int, rank: int = 0,
                           epoch_batches=_train_epoch_batches(cfg, datasets),
                           balance=_balance(cfg, datasets) if cfg.balanced else None)
     return StreamingLoader(spec)
+
+
+def wanted_facts(cfg: LoaderConfig) -> set[str]:
+    """The dataset.json facts this loader uses: those no option gives, and num_classes and
+    label_counts only where the mode needs them (fine-tuning; balanced sampling)."""
+    wanted = {name for name in ("fbank_mean", "fbank_std", "num_frames")
+              if getattr(cfg, name) is None}
+    if cfg.image_size is None:
+        wanted.add("frame_size")
+    if cfg.mode == "finetune" and cfg.num_classes is None:
+        wanted.add("num_classes")
+    if cfg.balanced and cfg.label_counts is None:
+        wanted.add("label_counts")
+    return wanted
 
 
 def _check_datasets(cfg: LoaderConfig, datasets: list[DatasetSource]) -> None:
@@ -93,11 +107,12 @@ def _norm_of(cfg: LoaderConfig, ds: DatasetSource) -> tuple[float, float]:
 def _train_epoch_batches(cfg: LoaderConfig, datasets: list[DatasetSource]) -> int:
     total = cfg.samples_per_epoch
     if total is None:
-        counts = [ds.samples for ds in datasets]
-        if any(c is None for c in counts):
-            raise ValueError("the number of samples per epoch is unknown (pipe: URLs or shards "
-                             "without their .parquet record); pass samples_per_epoch=N")
-        total = sum(counts)
+        unknown = [s.url for ds in datasets for s in ds.shards if s.samples is None]
+        if unknown:
+            raise ValueError(f"the number of samples per epoch is unknown: {_some(unknown)} "
+                             "no .parquet record (pipe: URLs never do); pass samples_per_epoch=N "
+                             "or write the shards with `avsiam shard`")
+        total = sum(ds.samples for ds in datasets)
     per_step = cfg.batch_size * cfg.world_size
     batches = total // per_step if cfg.drop_last else math.ceil(total / per_step)
     if batches < 1:
@@ -111,14 +126,20 @@ def _eval_lane_batches(cfg: LoaderConfig, ds: DatasetSource) -> int:
     for rank in range(cfg.world_size):
         for lane in range(cfg.lanes):
             shards = eval_shards(ds, rank=rank, world_size=cfg.world_size, lane=lane, lanes=cfg.lanes)
-            if any(s.samples is None for s in shards):
+            unknown = [s.url for s in shards if s.samples is None]
+            if unknown:
                 raise ValueError("eval pads every rank to the same batch count from the shards' "
-                                 ".parquet records, and some are missing; evaluate local, "
+                                 f".parquet records, and {_some(unknown)} none; evaluate local, "
                                  "committed shards")
             most = max(most, math.ceil(sum(s.samples for s in shards) / cfg.batch_size))
     if most == 0:
         raise ValueError("the eval shards hold no sample with audio and frames")
     return most
+
+
+def _some(urls: list[str]) -> str:
+    """`a.tar has` / `a.tar (and 3 more) have`, for messages."""
+    return f"{urls[0]} has" if len(urls) == 1 else f"{urls[0]} (and {len(urls) - 1} more) have"
 
 
 def _balance(cfg: LoaderConfig, datasets: list[DatasetSource]):

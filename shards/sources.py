@@ -13,22 +13,33 @@ that directory and never enable `pipe:`. Other URL schemes (http://, s3://, ...)
 them in `pipe:curl -s ...` explicitly. Local files are opened with `open()`, never through gopen's
 environment-driven URL rewriting.
 
-Counts: a shard's usable samples (status ok, both modalities) come from its stats.json or Parquet
-record; they fix the epoch length up front so every rank yields the same number of batches.
+Checked before anything heavy: every local shard exists and is a regular file (the error names the
+first that is not); a brace pattern is expanded only after an upper bound of its size is computed
+from its text (`brace_bound`), and never to more than MAX_SHARDS names (braceexpand materialises
+each brace group, so `{000000..999999}` alone would hold a million strings).
+
+Counts: a shard's usable samples (status ok, both modalities) come from its Parquet record
+(shards.records); they fix the epoch length up front so every rank yields the same number of
+batches.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import braceexpand
 
-from .format import (DATASET_JSON, SHARD_NAME_RE, STATUS_OK)
+from .dataset_facts import FACTS, read_dataset_facts, read_dataset_json
+from .files import MetadataError, is_regular, kind_of
+from .format import DATASET_JSON, SHARD_NAME_RE
+from .records import usable_samples
 
+MAX_SHARDS = 1 << 20            # shards of one dataset (LAION-5B at 10,000 samples a shard: 500,000)
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)(?:\.\.(-?\d+))?$|^([A-Za-z])\.\.([A-Za-z])(?:\.\.(-?\d+))?$")
 
 
 @dataclass(frozen=True)
@@ -55,20 +66,21 @@ class DatasetSource:
         return None if any(c is None for c in counts) else sum(counts)
 
 
-def resolve_sources(urls, *, allow_pipe: bool = False) -> list[DatasetSource]:
-    """Turn the `urls` argument into datasets with counted shards (see the module doc)."""
+def resolve_sources(urls, *, allow_pipe: bool = False, wanted=FACTS) -> list[DatasetSource]:
+    """Turn the `urls` argument into datasets with counted shards (see the module doc); `wanted`:
+    the dataset.json facts the caller uses (shards.dataset_facts)."""
     if _is_mix(urls):
         if not urls:
             raise ValueError("an empty list of (urls, weight) pairs was given")
         pairs = [(u, float(w)) for u, w in urls]
-        if any(w <= 0 for _, w in pairs):
+        if any(not w > 0 for _, w in pairs):
             raise ValueError(f"mixing weights must be > 0, got {[w for _, w in pairs]}")
     else:
         pairs = [(urls, 1.0)]
     out = []
     for index, (spec, weight) in enumerate(pairs):
         shard_urls, root = expand_urls(spec, allow_pipe=allow_pipe)
-        facts = read_dataset_facts(root) if root is not None else None
+        facts = read_dataset_facts(root, wanted) if root is not None else None
         shards = tuple(ShardRef(u, count_samples(u), index) for u in shard_urls)
         out.append(DatasetSource(shards=shards, weight=weight, facts=facts, root=root))
     return out
@@ -91,15 +103,59 @@ def expand_urls(spec, *, allow_pipe: bool) -> tuple[list[str], str | None]:
     for item in items:
         item = str(item)
         if item.startswith("pipe:"):
-            urls.append(item)          # braces inside a command belong to the command
-        else:
-            urls.extend(braceexpand.braceexpand(item))
+            urls.append(check_url(item, allow_pipe=allow_pipe))   # braces belong to the command
+            continue
+        alone = len(items) == 1 and brace_bound(item) == 1     # one path: say so if it is missing
+        for url in expand_pattern(item, MAX_SHARDS - len(urls)):
+            urls.append(check_local_shard(check_url(url, allow_pipe=allow_pipe), alone))
     if not urls:
         raise ValueError(f"no shard URLs in {spec!r}")
-    urls = [check_url(u, allow_pipe=allow_pipe) for u in urls]
     folders = {os.path.dirname(u) for u in urls if not u.startswith("pipe:")}
     root = folders.pop() if len(folders) == 1 and not any(u.startswith("pipe:") for u in urls) else None
     return urls, root
+
+
+def expand_pattern(pattern: str, limit: int = MAX_SHARDS):
+    """The names a brace pattern stands for, lazily; ValueError if it may stand for more than
+    `limit` (judged from the pattern's text before anything is expanded)."""
+    bound = brace_bound(pattern)
+    if bound > limit:
+        raise ValueError(f"shard pattern {pattern[:200]!r} stands for up to {bound} names, more "
+                         f"than the {limit} shards a loader accepts; give a narrower pattern or "
+                         "the folder `avsiam shard` wrote")
+    return braceexpand.braceexpand(pattern)
+
+
+def brace_bound(pattern: str) -> int:
+    """An upper bound on the number of names `braceexpand` makes of `pattern`: the product over
+    its brace groups (nested ones included) of their sizes (a range's length, else the number of
+    comma-separated alternatives at that level). Backslash escapes are honoured like braceexpand's."""
+    bound, stack, i = 1, [], 0          # stack: [start, commas] of the open groups
+    while i < len(pattern):
+        char = pattern[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == "{":
+            stack.append([i, 0])
+        elif char == "," and stack:
+            stack[-1][1] += 1
+        elif char == "}" and stack:
+            start, commas = stack.pop()
+            bound *= _range_size(pattern[start + 1:i]) if not commas else commas + 1
+        i += 1
+    return bound
+
+
+def _range_size(expr: str) -> int:
+    match = _RANGE.match(expr)
+    if match is None:
+        return 1
+    if match.group(1) is not None:
+        low, high, step = int(match.group(1)), int(match.group(2)), match.group(3)
+    else:
+        low, high, step = ord(match.group(4)), ord(match.group(5)), match.group(6)
+    return abs(high - low) // max(1, abs(int(step or 1))) + 1
 
 
 def check_url(url: str, *, allow_pipe: bool) -> str:
@@ -117,83 +173,66 @@ def check_url(url: str, *, allow_pipe: bool) -> str:
     return url
 
 
+def check_local_shard(path: str, alone: bool = False) -> str:
+    """A local shard must exist and be a regular file (never a FIFO, device or directory)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if alone:
+            raise ValueError(f"no such shard folder or file: {path} ({e.strerror}); give a folder "
+                             "written by `avsiam shard`, a .tar shard or a brace pattern") from None
+        raise ValueError(f"shard {path} does not exist ({e.strerror}); check the pattern or list "
+                         "the folder `avsiam shard` wrote instead") from None
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"shard {path} is {kind_of(mode)}, not a regular file; remove it or "
+                         "write the shard again with `avsiam shard`")
+    return path
+
+
 def _directory_shards(folder: str) -> list[str]:
     """Committed shards of a folder, or those its dataset.json names (plain names only)."""
-    listed = _dataset_json(folder).get("shards")
+    listed = read_dataset_json(folder).get("shards")
     if listed is not None:
-        entries = list(braceexpand.braceexpand(listed)) if isinstance(listed, str) else listed
-        names = [_plain_shard_name(folder, entry) for entry in entries]
+        if isinstance(listed, str):
+            try:
+                entries = expand_pattern(listed)
+            except ValueError as e:
+                raise MetadataError(f"{folder}/{DATASET_JSON}: \"shards\": {e}") from None
+        elif isinstance(listed, list) and len(listed) <= MAX_SHARDS:
+            entries = listed
+        else:
+            raise MetadataError(f"{folder}/{DATASET_JSON}: \"shards\" must be a brace pattern or a "
+                                f"list of at most {MAX_SHARDS} names; rewrite it with `avsiam shard`")
+        names = [_listed_shard(folder, plain_shard_name(folder, entry)) for entry in entries]
     else:
-        names = sorted(n for n in os.listdir(folder) if SHARD_NAME_RE.match(n)
-                       and os.path.exists(os.path.join(folder, n[:-4] + ".stats.json")))
+        names = [check_local_shard(os.path.join(folder, n)) for n in sorted(os.listdir(folder))
+                 if SHARD_NAME_RE.match(n) and is_regular(os.path.join(folder, n[:-4] + ".stats.json"))]
     if not names:
         raise ValueError(f"no committed shards (NAME.tar with NAME.stats.json) in {folder}; run "
                          "`avsiam shard` to finish them")
-    return [os.path.join(folder, n) for n in names]
+    return names
 
 
-def _plain_shard_name(folder: str, entry) -> str:
+def _listed_shard(folder: str, name: str) -> str:
+    try:
+        return check_local_shard(os.path.join(folder, name))
+    except ValueError as e:
+        raise ValueError(f"{folder}/{DATASET_JSON} lists a shard it cannot use: {e}") from None
+
+
+def plain_shard_name(folder: str, entry) -> str:
     """A shard name read from a file: must be a bare shard file name, never a command or a path."""
     name = entry if isinstance(entry, str) else None
     if name is None or os.path.basename(name) != name or not SHARD_NAME_RE.match(name):
-        raise ValueError(f"{folder}/{DATASET_JSON} lists shard {entry!r}: only plain shard file "
-                         "names inside that folder are accepted (never pipe: commands or paths)")
+        raise ValueError(f"{folder}/{DATASET_JSON} lists shard {str(entry)[:200]!r}: only plain "
+                         "shard file names inside that folder are accepted (never pipe: commands "
+                         "or paths)")
     return name
 
 
 def count_samples(url: str) -> int | None:
-    """Usable samples (ok, audio and video) of a local shard; None if unknown.
-
-    From its stats.json when every ok sample there has both modalities (the pipeline's default),
-    else from its Parquet record."""
+    """Usable samples (ok, audio and video) of a local shard from its Parquet record; None if
+    unknown (pipe: URLs, shards without a record)."""
     if url.startswith("pipe:") or not url.endswith(".tar"):
         return None
-    stem = url[:-4]
-    try:
-        with open(stem + ".stats.json") as f:
-            stats = json.load(f)
-        if isinstance(stats, dict) and stats.get("ok") is not None \
-                and stats.get("ok") == stats.get("with_audio") == stats.get("with_video"):
-            return int(stats["ok"])
-    except (OSError, ValueError, TypeError):
-        pass
-    if not os.path.exists(stem + ".parquet"):
-        return None
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(stem + ".parquet", columns=["status", "has_audio", "has_video"]).to_pydict()
-    return sum(1 for st, a, v in zip(table["status"], table["has_audio"], table["has_video"])
-               if st == STATUS_OK and a and v)
-
-
-def _dataset_json(folder: str) -> dict:
-    path = os.path.join(folder, DATASET_JSON)
-    if not os.path.exists(path):
-        return {}
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}); rewrite it with `avsiam stats`") from e
-    return data if isinstance(data, dict) else {}
-
-
-def read_dataset_facts(folder: str) -> dict:
-    """fbank_mean/std, frame_size, num_frames, label_counts, num_classes from dataset.json, if present."""
-    data = _dataset_json(folder)
-    params = data.get("params") or data.get("parameters") or {}
-    stats = data.get("fbank_stats") or data.get("stats") or {}
-    facts = {
-        "fbank_mean": _first(stats.get("mean"), data.get("fbank_mean")),
-        "fbank_std": _first(stats.get("std"), data.get("fbank_std")),
-        "frame_size": _first(params.get("frame_size"), data.get("frame_size")),
-        "num_frames": _first(params.get("num_frames"), data.get("num_frames")),
-        "label_counts": data.get("label_counts"),
-        "num_classes": (data.get("labels") or {}).get("num_classes")
-        if isinstance(data.get("labels"), dict) else None,
-    }
-    return {k: v for k, v in facts.items() if v is not None}
-
-
-def _first(*values):
-    return next((v for v in values if v is not None), None)
+    return usable_samples(url)
