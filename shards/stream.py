@@ -1,13 +1,15 @@
 """One lane's stream of batches: the loader's stages in their fixed order, built in one function.
 
 A lane is one independent, deterministic stream of batches of a rank; DataLoader workers serve whole
-lanes. Stages (see `build_lane`):
+lanes. Stages (see `build_lane`), each a named callable taking the previous stage's stream:
 
-  shard-level   shards   epoch order (seed, epoch) -> split by rank -> split by lane   [shardlists]
-                read     tar members -> raw samples (bytes); other members, and frames   [reader]
-                         not picked (random / fixed frame), are never read
-                complete keep samples with audio and frames (by member names)
-                mix      weighted choice among datasets (several datasets only)
+  shard-level   shards   per dataset: epoch order (seed, epoch) -> split by rank ->      [shardlists]
+                         split by lane -> wrapped passes (eval: its split once, in order;
+                         resampled: drawn with replacement)
+                read     per dataset: tar members -> raw samples (bytes); other members,    [reader]
+                         frames not picked and samples past the byte budget are never read
+                complete per dataset: keep samples with audio and frames (by member names)
+                mix      weighted choice among datasets (one dataset: its stream)
   sample-level  balance  repeat each sample k times (balanced sampling only)          [balance]
                 shuffle  bounded buffer of raw bytes                                  [buffer]
                 group    B consecutive raw samples = one batch, numbered k = 0, 1, ...
@@ -38,7 +40,7 @@ from .reader import MemberFilter, has_both_modalities, read_shards
 from .rows import RowDecoder
 from .shardlists import (TAG_BALANCE, TAG_FRAMES, TAG_MIX, TAG_SHUFFLE, eval_shards, lane_shards, mix_streams,
                          resampled_shards, rng_for)
-from .sources import DatasetSource
+from .sources import DatasetSource, ShardRef
 
 log = logging.getLogger("shards")
 
@@ -70,7 +72,13 @@ def build_lane(spec: StreamSpec, epoch: int, lane: int, skip: int,
     `handover`: (HandoverRing, worker id) when batches leave a worker through a ring."""
     cfg, rank = spec.cfg, spec.cfg.rank
     counter = SkipCounter(cfg.on_error)
-    stages: list[tuple[str, Callable]] = [("samples", DatasetSamples(spec, epoch, lane))]
+    stages: list[tuple[str, Callable]] = [
+        ("shards", LaneShards(spec, epoch, lane)),
+        ("read", ReadShards(spec, epoch, lane)),
+        ("complete", EachDataset(keep_complete)),
+        ("mix", MixDatasets([ds.weight for ds in spec.datasets],
+                            rng_for(cfg.seed, epoch, TAG_MIX, rank, lane))),
+    ]
     if cfg.balanced:
         weights, mean = spec.balance
         stages.append(("balance", BalanceRepeat(weights, mean,
@@ -93,38 +101,69 @@ def run_stages(stages: list[tuple[str, Callable]]) -> Iterator[dict]:
     return iter(stream)
 
 
-class DatasetSamples:
-    """Source stage: shard-level stages and reading for each dataset, then their weighted mix."""
+class LaneShards:
+    """Stage (source): the lane's sequence of shards of each dataset (see shardlists)."""
 
     def __init__(self, spec: StreamSpec, epoch: int, lane: int):
         self.spec, self.epoch, self.lane = spec, epoch, lane
 
-    def __call__(self, _unused=None) -> Iterator[dict]:
-        return dataset_samples(self.spec, self.epoch, self.lane)
+    def __call__(self, _unused=None) -> list[Iterator[ShardRef]]:
+        cfg, epoch, lane = self.spec.cfg, self.epoch, self.lane
+        out = []
+        for index, ds in enumerate(self.spec.datasets):
+            if cfg.mode == "eval":
+                out.append(iter(eval_shards(ds, rank=cfg.rank, world_size=cfg.world_size,
+                                            lane=lane, lanes=cfg.lanes)))
+            elif self.spec.resampled:
+                out.append(resampled_shards(ds, seed=cfg.seed, epoch=epoch, rank=cfg.rank,
+                                            lane=lane, index=index))
+            else:
+                out.append(lane_shards(ds, seed=cfg.seed, epoch=epoch, rank=cfg.rank,
+                                       world_size=cfg.world_size, lane=lane, lanes=cfg.lanes))
+        return out
 
 
-def dataset_samples(spec: StreamSpec, epoch: int, lane: int) -> Iterator[dict]:
-    cfg = spec.cfg
-    streams = []
-    for index, ds in enumerate(spec.datasets):
-        n = len(ds.shards)
-        if cfg.mode == "eval":
-            shards, give_up = iter(eval_shards(ds, rank=cfg.rank, world_size=cfg.world_size,
-                                               lane=lane, lanes=cfg.lanes)), None
-        elif spec.resampled:
-            shards, give_up = resampled_shards(ds, seed=cfg.seed, epoch=epoch, rank=cfg.rank,
-                                               lane=lane, index=index), 50 * n
-        else:
-            shards, give_up = lane_shards(ds, seed=cfg.seed, epoch=epoch, rank=cfg.rank,
-                                          world_size=cfg.world_size, lane=lane,
-                                          lanes=cfg.lanes), 2 * n + 1
-        members = MemberFilter(frame_picker(cfg, rng_for(cfg.seed, epoch, TAG_FRAMES, cfg.rank,
-                                                         lane, index)), cfg.max_sample_bytes)
-        streams.append(keep_complete(read_shards(shards, give_up, members)))
-    if len(streams) == 1:
-        return streams[0]
-    return mix_streams(streams, [ds.weight for ds in spec.datasets],
-                       rng_for(cfg.seed, epoch, TAG_MIX, cfg.rank, lane))
+class ReadShards:
+    """Stage: each dataset's shards -> its raw samples (reader.read_shards). An endless shard
+    sequence gives up after so many shards in a row without a usable sample (eval's ends)."""
+
+    def __init__(self, spec: StreamSpec, epoch: int, lane: int):
+        self.spec, self.epoch, self.lane = spec, epoch, lane
+
+    def __call__(self, shard_streams: list[Iterator[ShardRef]]) -> list[Iterator[dict]]:
+        cfg = self.spec.cfg
+        out = []
+        for index, (ds, shards) in enumerate(zip(self.spec.datasets, shard_streams)):
+            n = len(ds.shards)
+            give_up = None if cfg.mode == "eval" else 50 * n if self.spec.resampled else 2 * n + 1
+            members = MemberFilter(frame_picker(cfg, rng_for(cfg.seed, self.epoch, TAG_FRAMES,
+                                                             cfg.rank, self.lane, index)),
+                                   cfg.max_sample_bytes)
+            out.append(read_shards(shards, give_up, members))
+        return out
+
+
+class EachDataset:
+    """Stage: apply a per-sample-stream stage to each dataset's stream."""
+
+    def __init__(self, stage: Callable[[Iterable[dict]], Iterator[dict]]):
+        self.stage = stage
+
+    def __call__(self, streams: list[Iterator[dict]]) -> list[Iterator[dict]]:
+        return [self.stage(stream) for stream in streams]
+
+
+class MixDatasets:
+    """Stage: one stream from the datasets' streams, each next sample from dataset i with
+    probability weights[i] / sum(weights) (one dataset: its stream as it is)."""
+
+    def __init__(self, weights: list[float], rng: np.random.Generator):
+        self.weights, self.rng = weights, rng
+
+    def __call__(self, streams: list[Iterator[dict]]) -> Iterator[dict]:
+        if len(streams) == 1:
+            return streams[0]
+        return mix_streams(streams, self.weights, self.rng)
 
 
 def frame_picker(cfg: LoaderConfig, rng: np.random.Generator) -> tuple | None:
