@@ -21,10 +21,13 @@ Failures become error items {"__error__": reason, "__message__": ..., "__url__":
 or None} in the stream: a refused sample (oversized_sample, unsafe_key) where the sample was, a
 shard-level failure (unreadable, truncated, fewer samples than its record says) after the shard's
 samples. An error item takes a position like a sample, so it is counted exactly once, at decode
-time, and replays identically on resume.
+time, and replays identically on resume. Damage found after all the samples a shard's record
+lists were read loses no sample: it is logged, not counted (an item there would take a position
+the record does not count, and push eval's last sample out of its lane).
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 from webdataset.gopen import Pipe
@@ -34,6 +37,8 @@ from .format import (FBANK_SUFFIX, FIRST_FRAME, FRAME_SUFFIX_RE, MAX_SAMPLE_BYTE
 from .shardlists import END_OF_PASS
 from .sources import ShardRef
 from .tarscan import READ, REFUSE, SKIP, tar_file_members, tar_stream_members
+
+log = logging.getLogger("shards")
 
 
 def open_pipe(url: str):
@@ -152,6 +157,11 @@ def read_shard(shard: ShardRef, members: MemberFilter | None = None) -> Iterator
     members.clear()
     if error is None and shard.samples is not None and usable < shard.samples:
         error = ("short_shard", f"read {usable} of the {shard.samples} samples its record lists")
+    if error is not None and shard.samples is not None and usable >= shard.samples:
+        # no sample was lost: an error item would take a position the record does not count
+        log.warning("shards: %s is damaged after the %d samples its record lists (all read): %s; "
+                    "check it with `avsiam verify`", shard.url, usable, error[1])
+        error = None
     if error is not None:
         yield {"__error__": error[0], "__message__": error[1], "__url__": shard.url,
                "__key__": None, "__source__": shard.source, "__nbytes__": 0}

@@ -90,6 +90,30 @@ def set_size_field(tar: Path, field: bytes, at: int = 0) -> None:
         f.write(block)
 
 
+def prepend_member(tar: Path, name: str, data: bytes, kind: bytes = tarfile.REGTYPE) -> None:
+    """Put a member (`kind`: e.g. a symlink, whose data is its target) before the tar's others."""
+    rest = tar.read_bytes()
+    info = tarfile.TarInfo(name)
+    info.type, info.mtime = kind, 1_700_000_000
+    if kind == tarfile.SYMTYPE:
+        info.linkname, data = data.decode(), b""
+    info.size = len(data)
+    tar.write_bytes(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape") + data
+                    + bytes(-len(data) % 512) + rest)
+
+
+def append_member(tar: Path, name: str, data: bytes) -> int:
+    """Put a member after the tar's others; returns the byte where its header starts."""
+    with tarfile.open(tar) as t:
+        last = t.getmembers()[-1]
+    at = last.offset_data + last.size + (-last.size % 512)
+    with open(tar, "r+b") as f:
+        f.truncate(at)
+        f.seek(at)
+        f.write(header(name, len(data)) + data + bytes(-len(data) % 512) + bytes(1024))
+    return at
+
+
 def write_members(tar: Path, members: list[tuple[str, bytes, int]]) -> None:
     """A tar of (name, first bytes, claimed size) members; the bytes past the first are a hole
     (sparse: a member of hundreds of MiB takes no disk)."""

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from hostile_shards import (DEEP_JSON, GNU_UNSAFE_KEYS, GOOD, MODES, PAX_UNSAFE_KEYS, edit_json,
-                            good_split, options, run_every_rank, set_size_field, unsafe_key_tar)
+                            append_member, good_split, options, prepend_member, run_every_rank,
+                            set_size_field, unsafe_key_tar)
 from shards import format as F
 from shards import rows as rows_module
 from shards.loader import make_loader
@@ -68,7 +69,8 @@ def test_any_decode_error_is_a_counted_skip(decode_errors, mode, workers, monkey
 
 # size fields that must make a shard unreadable: negative (the scanner went back and looped), a
 # sign, an underscore (int() takes both), a non-octal digit, past the end of the file, negative
-# base-256
+# base-256. Each is the header of a member no mode reads (the scanner only skips past it),
+# before the shard's one sample.
 SIZE_FIELDS = [b"-0000001000\0", b"+0000001000\0", b"0000001_000\0", b"00000001800\0",
                b"77777777777\0", b"\xff" * 12]
 
@@ -76,9 +78,13 @@ SIZE_FIELDS = [b"-0000001000\0", b"+0000001000\0", b"0000001_000\0", b"000000018
 @pytest.fixture(scope="module")
 def size_fields(tmp_path_factory):
     folder = tmp_path_factory.mktemp("size_fields")
-    tars = good_split(folder, [1] * len(SIZE_FIELDS))
+    tars = good_split(folder, [1] * (len(SIZE_FIELDS) + 1))
     for tar, field in zip(tars[len(GOOD):], SIZE_FIELDS):
+        prepend_member(tar, "README.txt", b"not a format member")
         set_size_field(tar, field)
+    # the first shard: its samples, then a negative size: nothing is lost, nothing skipped
+    at = append_member(tars[0], "README.txt", b"not a format member")
+    set_size_field(tars[0], SIZE_FIELDS[0], at)
     return folder
 
 
@@ -86,6 +92,10 @@ def size_fields(tmp_path_factory):
 def test_tar_size_fields_are_checked_strictly(size_fields, mode, workers):
     only(run_every_rank(str(size_fields), mode, workers), "unreadable_shard", len(SIZE_FIELDS),
          mode)
+    if mode == "eval":         # every sample the records list is evaluated (batches of 1: no
+        #                        padding a stray error item could take instead of a sample)
+        loader = make_loader(str(size_fields), **options(mode, workers, batch_size=1))
+        assert sum(int(b["valid"].sum()) for b in loader) == sum(GOOD) + 1
     if mode != "eval":                            # the same scanner reads pipe: streams
         hostile = [f"pipe:cat {size_fields / F.shard_stem('train', len(GOOD) + i)}.tar"
                    for i in range(len(SIZE_FIELDS))]
