@@ -60,25 +60,33 @@ def _members(raw, keep: Keep, end: int | None, on_special) -> Iterator[tuple[str
             return                                           # end of archive
         if len(header) < BLOCK:
             raise tarfile.ReadError(f"truncated header at byte {pos}")
-        _check_checksum(header, pos)
+        size = _checked_size(header, pos)
+        if ext_size is not None:
+            size = ext_size
         kind = header[156:157]
-        size = _size(header[124:136], pos) if ext_size is None else ext_size
         start, pos = pos, pos + BLOCK
         if end is not None and pos + size > end:
             raise tarfile.ReadError(f"member at byte {start} claims {size} bytes, past the end of "
                                     f"the file ({end} bytes)")
         if kind in _REGULAR:
-            name = ext_name if ext_name is not None else _header_name(header)
-            ext_name = ext_size = None
+            if ext_name is not None:
+                name, ext_name, ext_size = ext_name, None, None
+            elif header[345]:                                # a ustar prefix
+                name = _header_name(header)
+            else:
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
             if kind == b"\0" and name.endswith("/"):          # old tars' directories
                 _notify(on_special, name, b"5")
                 continue
             verdict = keep(name, size)
             if verdict == READ:
-                data = _read(raw, size, name)
-                pos += size
-                _skip(raw, pos, _padding(size), end)
-                pos += _padding(size)
+                data = raw.read(size)
+                if len(data) != size:
+                    raise tarfile.ReadError(f"unexpected end of data in member {name!r}")
+                padding = -size % BLOCK
+                pos += size + padding
+                if padding:
+                    _skip(raw, pos - padding, padding, end)
                 yield name, data
                 continue
             _skip(raw, pos, _padded(size), end)
@@ -126,7 +134,7 @@ def _header_name(header: bytes) -> str:
 def _read(raw, size: int, what: str) -> bytes:
     data = raw.read(size)
     if len(data) != size:
-        raise tarfile.ReadError(f"unexpected end of data in member {what!r}")
+        raise tarfile.ReadError(f"unexpected end of data in {what}")
     return data
 
 
@@ -140,6 +148,21 @@ def _skip(raw, pos: int, count: int, end: int | None) -> None:
         if not chunk:
             raise tarfile.ReadError("unexpected end of data")
         count -= len(chunk)
+
+
+def _checked_size(header: bytes, pos: int) -> int:
+    """The size field of a header whose checksum is right (ReadError otherwise). Plain octal
+    fields, the common case, are parsed here; anything else takes the strict paths below."""
+    checksum = header[148:156].strip(b" \0")
+    digits = header[124:136].strip(b" \0")
+    if checksum.isdigit() and digits.isdigit():             # ASCII 0-9 only: no sign, no '_'
+        try:
+            if int(checksum, 8) == sum(header) - sum(header[148:156]) + 8 * 32:
+                return int(digits, 8)
+        except ValueError:                                   # an 8 or a 9
+            pass
+    _check_checksum(header, pos)
+    return _size(header[124:136], pos)
 
 
 def _check_checksum(header: bytes, pos: int) -> None:
