@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import string
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import pyarrow.parquet as pq
 from pipeline.clip import ClipTask
 from pipeline.labels import Vocabulary
 from pipeline.manifest import Manifest, ManifestError
+from pipeline.output_files import write_atomic
 from pipeline.params import ClipParams, ParamsError
 from shards import format as fmt
 
@@ -228,14 +228,13 @@ def table_hash(table: pa.Table) -> str:
 
 
 def write_plan(plan: Plan, out_dir: Path) -> Path:
-    """Write manifest.parquet atomically (temp name, fsync, rename)."""
+    """Write manifest.parquet atomically (this writer's temp name, fsync, rename); the caller holds
+    the folder's plan lock."""
     target = out_dir / fmt.MANIFEST_NAME
-    temp = out_dir / f"{fmt.MANIFEST_NAME}.tmp-{os.getpid()}"
     table = plan.table.replace_schema_metadata({_META_KEY: json.dumps(plan.meta).encode()})
-    pq.write_table(table, temp)
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, target)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_atomic(target, sink.getvalue().to_pybytes())
     return target
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
 import signal
 import sys
@@ -89,6 +90,9 @@ def config_from_args(args: argparse.Namespace):
                        progress=not args.no_progress)
 
 
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
 def _exit_on_term(signum, frame) -> None:
     """Unwind (workers killed, partial shard left uncommitted for the next run) and exit 143."""
     raise SystemExit(128 + signum)
@@ -98,6 +102,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.labels import LabelsError
     from pipeline.manifest import ManifestError
+    from pipeline.output_files import OutputError
     from pipeline.params import ParamsError
     from pipeline.plan import PlanMismatch
     from pipeline.runner import run
@@ -115,8 +120,14 @@ def main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_on_term)  # SLURM's warning, scancel
     try:
         summary = run(config_from_args(args))
-    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch) as exc:
+    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch,
+            OutputError) as exc:
         print(f"avsiam shard: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        print(f"avsiam shard: {OutputError(exc.filename or args.out, exc)}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
