@@ -35,7 +35,7 @@ class ClipTask:
     row: int
     key: str
     source_id: str
-    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir or absolute
+    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir (or absolute in it)
     start: float | None
     end: float | None
     labels: tuple[str, ...]
@@ -88,15 +88,22 @@ def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
 
 
 def resolve_path(task: ClipTask, videos_dir: str) -> Path:
-    """The first candidate that is a non-empty regular file (checked by stat, never opened).
+    """The first candidate that is a readable, non-empty regular file under `videos_dir` (checked by
+    stat, and opened only once it is known to be a regular file).
 
-    If none is, the first candidate that exists in a bad form (a FIFO, a folder, 0 bytes) gives
-    the reason; if none exists at all, the row's file is missing."""
+    A candidate that would leave `videos_dir` (`..`, or an absolute path elsewhere; pass
+    `--videos /` to allow any absolute path) or holds a NUL byte is refused. If no candidate is
+    usable, the first that exists in a bad form (a FIFO, a folder, 0 bytes, no read permission)
+    gives the reason; if none exists at all, the row's file is missing."""
     problem = None
+    root = os.path.normpath(os.path.abspath(videos_dir))
     for candidate in task.candidates:
-        if not os.path.isabs(candidate) and os.path.normpath(candidate).startswith(".."):
+        if "\0" in candidate:
+            raise errors.ClipError(errors.UNSAFE_PATH, f"{candidate!r} holds a NUL byte, which no "
+                                                       f"file name can")
+        path = Path(os.path.normpath(os.path.join(root, candidate)))
+        if os.path.commonpath([root, str(path)]) != root:
             raise errors.ClipError(errors.UNSAFE_PATH, f"{candidate!r} would leave {videos_dir}")
-        path = Path(videos_dir, candidate)
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -111,6 +118,12 @@ def resolve_path(task: ClipTask, videos_dir: str) -> Path:
         elif info.st_size == 0:
             problem = problem or errors.ClipError(errors.EMPTY_FILE, f"{path} has 0 bytes")
         else:
+            try:
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                problem = problem or errors.ClipError(errors.UNREADABLE_FILE,
+                                                      f"{path}: {exc.strerror}")
+                continue
             return path
     if problem is not None:
         raise problem
@@ -119,8 +132,9 @@ def resolve_path(task: ClipTask, videos_dir: str) -> Path:
 
 
 def _display_path(path: Path, videos_dir: str) -> str:
+    """The path as recorded: relative to `videos_dir` (`resolve_path` only returns paths in it)."""
     try:
-        return str(path.relative_to(videos_dir))
+        return str(path.relative_to(os.path.normpath(os.path.abspath(videos_dir))))
     except ValueError:
         return str(path)
 

@@ -12,6 +12,7 @@ EMPTY_FILE = "empty_file"
 UNREADABLE_FILE = "unreadable_file"
 UNSAFE_PATH = "unsafe_path"
 PROBE_FAILED = "probe_failed"
+UNSUPPORTED_FORMAT = "unsupported_format"      # not one of media.DEMUXERS (playlists, sequences)
 # Stream problems
 NO_STREAMS = "no_streams"
 NO_AUDIO = "no_audio_stream"
