@@ -3,14 +3,16 @@
 Built from the manifest and the plan parameters alone (never from which files exist), so every
 re-run and every parallel task computes the same plan. Rows keep manifest order; shards take
 consecutive rows, closed at `samples_per_shard` rows or when the rows' worst-case sample sizes
-would pass `max_shard_bytes`. The plan is written once, atomically; a later run whose plan or
-output parameters differ is refused with a message saying what changed.
+(true upper bounds, see `worst_case_bytes`) would pass `max_shard_bytes`, so no tar is larger.
+The plan is written once, atomically; a later run whose plan or output parameters differ is
+refused with a message saying what changed.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import string
+import tarfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,8 +20,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.clip import ClipTask
+from pipeline.frames import jpeg_budget
 from pipeline.labels import Vocabulary
 from pipeline.manifest import Manifest, ManifestError
+from pipeline.media import audio_limit_bytes
 from pipeline.output_files import write_atomic
 from pipeline.params import ClipParams, ParamsError
 from shards import format as fmt
@@ -41,7 +45,8 @@ class PlanParams:
     samples_per_shard: int = 1000
     """Most rows per shard."""
     max_shard_bytes: int = 2 << 30
-    """Most bytes per tar, guaranteed by planning with each row's worst-case sample size."""
+    """Most bytes per tar, guaranteed by planning with each row's worst-case sample size (a row
+    that alone could exceed it is refused)."""
     template: str = "{ytid}"
     """File name under --videos; fields {ytid} {id} {start} {end} {start_ms} {end_ms}."""
     extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
@@ -140,12 +145,37 @@ def candidates(name: str, extensions: tuple[str, ...]) -> tuple[str, ...]:
     return (name,) + tuple(f"{name}.{e}" for e in extensions)
 
 
+SHARD_TAIL_BYTES = 2 * tarfile.BLOCKSIZE + tarfile.RECORDSIZE
+"""Most bytes a tar adds after its last member (end-of-archive blocks, padding to a record)."""
+_NAME_MAX = 100                      # longer member names get a PAX header (one more block pair)
+
+
 def worst_case_bytes(window_s: float, params: ClipParams) -> int:
-    """Upper bound of one sample's tar bytes: fbank of the window, raw-size frames, json and
-    headers."""
-    fbank = (int(window_s * 100) + 2) * fmt.NUM_MEL_BINS * 2 + 256
-    frames = params.num_frames * (params.frame_size ** 2 * 3 + 2048)
-    return fbank + frames + 8192 + 1024 * (params.num_frames + 2)
+    """Upper bound of the bytes of one sample of a `window_s` window whose key, id, file name and
+    labels are short (`sample_bytes_bound` adds what long ones cost). A true bound: the audio is
+    capped by `media.audio_limit_bytes`, the fbank follows from it (one 128-bin frame per 10 ms
+    of samples), each JPEG by `frames.jpeg_budget`, and every member takes at most one header
+    block plus one block of padding."""
+    samples = audio_limit_bytes(window_s) // 2
+    fbank = 128 + (samples // 160 + 1) * fmt.NUM_MEL_BINS * 2          # npy header + float16
+    frames = params.num_frames * jpeg_budget(params.frame_size)
+    members = params.num_frames + 2
+    return fbank + frames + _JSON_FIXED_BYTES + members * 2 * tarfile.BLOCKSIZE
+
+
+_JSON_FIXED_BYTES = 1024             # the sample json without its strings (names, numbers)
+
+
+def sample_bytes_bound(base: int, params: ClipParams, key: str, source_id: str, name: str,
+                       labels, extensions: tuple[str, ...]) -> int:
+    """`base` (worst_case_bytes of the row's window) plus the row's strings: in the json each
+    character takes at most 12 bytes (ensure_ascii escapes), the stored path is at most the file
+    name with the longest extension; a key too long for a tar name adds a PAX header per member."""
+    path = len(name) + 1 + max((len(e) for e in extensions), default=0)
+    text = len(key) + len(source_id) + path + sum(len(label) + 2 for label in labels)
+    long_names = len(key) + 1 + len(fmt.FBANK_SUFFIX) > _NAME_MAX
+    pax = (params.num_frames + 2) * 2 * tarfile.BLOCKSIZE if long_names else 0
+    return base + 12 * text + 16 * len(labels) + pax
 
 
 def unique_keys(source_ids: list[str], starts: list[float | None]) -> list[str]:
@@ -185,22 +215,32 @@ def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanPara
     names = [path or render(source, start, end)
              for source, path, start, end in zip(manifest.source_ids, manifest.paths,
                                                  manifest.starts, ends)]
+    keys = unique_keys(manifest.source_ids, manifest.starts)
     shards, shard, count, size = [], 0, 0, 0
+    room = plan_params.max_shard_bytes - SHARD_TAIL_BYTES
     costs: dict[float, int] = {}
-    for start, end in zip(manifest.starts, ends):
+    for row, (start, end) in enumerate(zip(manifest.starts, ends)):
         window = clip_params.max_window_seconds if end is None else \
             min(end - (start or 0.0), clip_params.max_window_seconds)
-        cost = costs.get(window)
-        if cost is None:
-            cost = costs[window] = worst_case_bytes(max(window, 0.0), clip_params)
-        if count and (count >= plan_params.samples_per_shard
-                      or size + cost > plan_params.max_shard_bytes):
+        base = costs.get(window)
+        if base is None:
+            base = costs[window] = worst_case_bytes(max(window, 0.0), clip_params)
+        cost = sample_bytes_bound(base, clip_params, keys[row], manifest.source_ids[row],
+                                  names[row], manifest.labels[row], plan_params.extensions)
+        if cost > room:
+            raise ParamsError(
+                f"--max-shard-bytes {plan_params.max_shard_bytes} is below what one sample can "
+                f"take (row {row}: up to {cost + SHARD_TAIL_BYTES} bytes with --frame-size "
+                f"{clip_params.frame_size}, --num-frames {clip_params.num_frames} and a "
+                f"{max(window, 0.0):g} s window); raise --max-shard-bytes to at least "
+                f"{cost + SHARD_TAIL_BYTES} or lower --frame-size/--num-frames")
+        if count and (count >= plan_params.samples_per_shard or size + cost > room):
             shard, count, size = shard + 1, 0, 0
         shards.append(shard)
         count, size = count + 1, size + cost
     table = pa.table({
         "row": pa.array(range(len(manifest)), pa.int64()),
-        "key": pa.array(unique_keys(manifest.source_ids, manifest.starts), pa.string()),
+        "key": pa.array(keys, pa.string()),
         "source_id": pa.array(manifest.source_ids, pa.string()),
         "path": pa.array(names, pa.string()),
         "start": pa.array(manifest.starts, pa.float64()),

@@ -8,9 +8,10 @@ import pytest
 from pipeline.config import ConfigError, resolve_task
 from pipeline.labels import LabelsError, read_labels, vocabulary_from
 from pipeline.manifest import ManifestError, detect_kind, read_manifest
-from pipeline.params import ClipParams, params_hash
-from pipeline.plan import (PlanMismatch, PlanParams, build_plan, candidates, load_or_write,
-                           read_plan, render_template, unique_keys, worst_case_bytes)
+from pipeline.params import ClipParams, ParamsError, params_hash
+from pipeline.plan import (DEFAULT_EXTENSIONS, SHARD_TAIL_BYTES, PlanMismatch, PlanParams,
+                           build_plan, candidates, load_or_write, read_plan, render_template,
+                           sample_bytes_bound, unique_keys, worst_case_bytes)
 from shards import format as fmt
 
 AUDIOSET = """# Segments csv created Sun Mar  5 10:54:31 2017
@@ -121,11 +122,18 @@ def test_plan_rows_keys_labels_and_shards(files):
 def test_plan_byte_cap_closes_shards_early(files):
     m = read_manifest(files / "seg.csv")
     params = ClipParams(frame_size=224)
-    per_row = worst_case_bytes(10.0, params)
+    plan = build_plan(m, read_labels(files / "labels.csv"), PlanParams(), params, "h")
+    per_row = max(sample_bytes_bound(worst_case_bytes(10.0, params), params, r["key"],
+                                     r["source_id"], r["path"], r["labels"], DEFAULT_EXTENSIONS)
+                  for r in plan.table.to_pylist())
     plan = build_plan(m, read_labels(files / "labels.csv"),
-                      PlanParams(samples_per_shard=1000, max_shard_bytes=2 * per_row + 1),
+                      PlanParams(samples_per_shard=1000,
+                                 max_shard_bytes=2 * per_row + SHARD_TAIL_BYTES),
                       params, "h")
     assert plan.table.column("shard").to_pylist() == [0, 0, 1, 1]
+    with pytest.raises(ParamsError, match="raise --max-shard-bytes to at least"):
+        build_plan(m, read_labels(files / "labels.csv"),
+                   PlanParams(max_shard_bytes=per_row + SHARD_TAIL_BYTES - 4096), params, "h")
 
 
 def test_templates_and_candidates():
