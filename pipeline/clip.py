@@ -35,7 +35,7 @@ class ClipTask:
     row: int
     key: str
     source_id: str
-    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir (or absolute in it)
+    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir (or inside it)
     start: float | None
     end: float | None
     labels: tuple[str, ...]

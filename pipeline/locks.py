@@ -1,8 +1,8 @@
 """One writer at a time: advisory `flock` locks on files under `OUT/locks/`.
 
 `avsiam shard` takes `plan.lock` while it reads or writes manifest.parquet, one
-`{split}-NNNNNN.lock` per shard while it writes (and commits) that shard, and `dataset.lock` while it
-writes dataset.json. A lock belongs to an open file of its holder, so the kernel releases it when
+`{split}-NNNNNN.lock` per shard while it writes (and commits) that shard, and `dataset.lock` while
+it writes dataset.json. A lock belongs to an open file of its holder, so the kernel releases it when
 the holder exits in any way, SIGKILL included: a dead run never leaves a shard locked, and the next
 run redoes what it left uncommitted. Lock files are never deleted (deleting one while another
 process waits on it would let two processes hold "the" lock); they hold the holder's host and pid,

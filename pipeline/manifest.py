@@ -164,14 +164,44 @@ def _column(names: list[str], options: tuple[str, ...]) -> str | None:
     return next((lowered[o] for o in options if o in lowered), None)
 
 
+def _check_parquet_types(path: Path, schema) -> None:
+    """Refuse Parquet columns whose type would be coerced into something else (booleans read as
+    seconds, float ids as '1.0' or 'nan'), naming the column and the accepted types."""
+    import pyarrow as pa
+
+    t = pa.types
+    text = lambda x: t.is_string(x) or t.is_large_string(x) or (  # noqa: E731
+        t.is_dictionary(x) and (t.is_string(x.value_type) or t.is_large_string(x.value_type)))
+    number = lambda x: t.is_integer(x) or t.is_floating(x)        # noqa: E731
+    text_list = lambda x: (t.is_list(x) or t.is_large_list(x)) and text(x.value_type)  # noqa
+    rules = [(_ID_COLUMNS, lambda x: text(x) or t.is_integer(x), "a string or integer"),
+             (_PATH_COLUMNS, text, "a string"),
+             (_START_COLUMNS, number, "a number of seconds"),
+             (_END_COLUMNS, number, "a number of seconds"),
+             (("labels", "positive_labels"), lambda x: text(x) or text_list(x),
+              "a string (comma-separated) or a list of strings"),
+             (("label",), lambda x: text(x) or t.is_integer(x), "a string or integer")]
+    for options, accepted, expected in rules:
+        name = _column(schema.names, options)
+        if name is None:
+            continue
+        kind = schema.field(name).type
+        if not (accepted(kind) or t.is_null(kind)):
+            raise ManifestError(f"{path}: column {name!r} has type {kind}; it must be {expected} "
+                                f"(convert the column, e.g. with pyarrow's cast, and write the "
+                                f"manifest again)")
+
+
 def read_table(path: Path) -> Manifest:
     """A generic CSV (with header) or Parquet manifest."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
         try:
-            data = pq.read_table(path).to_pydict()
+            table = pq.read_table(path)
         except Exception as exc:
             raise ManifestError(f"cannot read Parquet manifest {path}: {exc}") from None
+        _check_parquet_types(path, table.schema)
+        data = table.to_pydict()
         names = list(data)
         rows = [{n: data[n][i] for n in names} for i in range(len(data[names[0]]))] if names else []
         kind = "parquet"

@@ -66,7 +66,7 @@ def is_temp_of(name: str, target: str) -> bool:
 
 
 def temp_target(name: str) -> str | None:
-    """The file a temporary file stands for (`train-000001.tar.tmp-h-1-ab` -> `train-000001.tar`)."""
+    """The file a temporary file stands for (`x.tar.tmp-h-1-ab` -> `x.tar`), None if not one."""
     if name.endswith(TEMP_MARK):
         return name[:-len(TEMP_MARK)]
     at = name.rfind(TEMP_MARK + "-")
