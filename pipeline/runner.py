@@ -54,19 +54,19 @@ class RunSummary:
     """Workers' memory peaks and CPU time (with their ffmpeg children), see workers.ResourceUse."""
 
 
-def make_plan(cfg: ShardConfig) -> Plan:
+def make_plan(cfg: ShardConfig, locks: FolderLocks) -> Plan:
     """Build the plan from the manifest and store it (or check it against the stored one).
 
     A re-run whose manifest and labels files and parameters are byte-for-byte those of the
     stored plan reuses it without re-reading the manifest (seconds instead of a minute at 2M
-    rows); otherwise the plan is rebuilt and must equal the stored one."""
+    rows); otherwise the plan is rebuilt and must equal the stored one. The stored plan is read
+    without a lock (it is only ever replaced atomically) and compared or written under the plan
+    lock, so array tasks starting together build in parallel and store one plan."""
     fingerprint = _input_fingerprint(cfg)
     stored = cfg.out / fmt.MANIFEST_NAME
-    stored_fingerprint = None
     if fingerprint and stored.exists():
         plan = read_plan(cfg.out)
-        stored_fingerprint = plan.meta.get("input_fingerprint")
-        if stored_fingerprint == fingerprint:
+        if plan.meta.get("input_fingerprint") == fingerprint:
             return plan
     with utf8_input(cfg.manifest, "--manifest"):
         manifest = read_manifest(cfg.manifest, cfg.manifest_format, videos=cfg.videos,
@@ -77,10 +77,14 @@ def make_plan(cfg: ShardConfig) -> Plan:
         vocabulary = read_labels(cfg.labels) if cfg.labels else vocabulary_from(manifest.labels)
     plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()))
     plan.meta["input_fingerprint"] = fingerprint
-    had_plan = stored.exists()
-    plan = load_or_write(plan, cfg.out)
-    if had_plan and fingerprint and stored_fingerprint != fingerprint:
-        write_plan(plan, cfg.out)       # same plan from other input bytes: remember these bytes
+    with locks.plan():
+        remove_temps(cfg.out, {fmt.MANIFEST_NAME})      # a killed writer's; we hold the lock
+        had_plan = stored.exists()
+        stored_fingerprint = read_plan(cfg.out).meta.get("input_fingerprint") \
+            if had_plan and fingerprint else None
+        plan = load_or_write(plan, cfg.out)
+        if had_plan and fingerprint and stored_fingerprint != fingerprint:
+            write_plan(plan, cfg.out)   # same plan from other input bytes: remember these bytes
     return plan
 
 
@@ -152,9 +156,7 @@ def run(cfg: ShardConfig) -> RunSummary:
     check_inputs(cfg)
     prepare_out(cfg.out)
     locks = FolderLocks(cfg.out)
-    with locks.plan():
-        remove_temps(cfg.out, {fmt.MANIFEST_NAME})
-        plan = make_plan(cfg)
+    plan = make_plan(cfg, locks)
     summary = RunSummary(plan)
     ident = identity(plan.split, plan.meta["plan_hash"], plan.meta["params_hash"])
     jobs = []

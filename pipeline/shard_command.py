@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--manifest-format", choices=KINDS, default="auto")
     inputs.add_argument("--labels", help="class_labels_indices.csv (or one label per line); "
                         "default: the sorted labels of the manifest")
-    inputs.add_argument("--videos", required=True, help="folder of media files")
+    inputs.add_argument("--videos", required=True, help="folder of media files; every file a "
+                        "row names must lie in it ('/' allows any absolute path)")
     inputs.add_argument("--template", default="{ytid}",
                         help="file name under --videos: {ytid} {id} {start} {end} {start_ms} "
                         "{end_ms}, e.g. '{ytid}_{start:06d}.mp4'")
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     output.add_argument("--split", default="train", help="split name in shard file names")
     output.add_argument("--samples-per-shard", type=int, default=1000)
     output.add_argument("--max-shard-bytes", type=int, default=2 << 30,
-                        help="hard cap per tar, planned with worst-case sample sizes")
+                        help="hard cap per tar, planned with true worst-case sample sizes "
+                        "(a row that alone could pass it is refused, naming the bound)")
     output.add_argument("--num-frames", type=int, default=fmt.DEFAULT_NUM_FRAMES)
     output.add_argument("--frame-size", type=int, default=fmt.DEFAULT_FRAME_SIZE)
     output.add_argument("--jpeg-quality", type=int, default=90)

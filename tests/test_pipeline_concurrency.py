@@ -212,3 +212,18 @@ def test_a_second_run_waits_then_redoes_a_shard_whose_holder_died(dataset, tmp_p
     assert run.wait(timeout=300) == 0
     assert "is being written by" in (tmp_path / "run.log").read_text()
     assert _folder(out) == dataset["reference"]
+
+
+def test_a_filesystem_without_flock_stops_the_run_in_one_line(dataset, tmp_path, monkeypatch,
+                                                               capsys):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)       # as on Lustre mounted without -o flock
+    assert cli(_args(dataset, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"avsiam shard: {tmp_path / 'out'}: its filesystem does not support "
+                          f"file locks") and "Lustre: -o flock" in err and "Traceback" not in err
