@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.locks import FolderLocks
 from pipeline.output_files import remove_temps, write_atomic
 from pipeline.plan import Plan
-from pipeline.shard_writer import committed_stats
+from pipeline.shard_writer import committed_stats, identity
 from pipeline.stats import Moments, combine_all
 from shards import format as fmt
 
@@ -24,10 +24,12 @@ def shard_files(out_dir: Path, plan: Plan) -> list[fmt.ShardFiles]:
 
 
 def committed(out_dir: Path, plan: Plan) -> list[dict] | None:
-    """Every shard's stats in shard order, or None while any shard is not committed."""
+    """Every shard's stats in shard order, or None while any shard is not committed (by this
+    plan)."""
+    ident = identity(plan.split, plan.meta["plan_hash"], plan.meta["params_hash"])
     stats = []
     for files in shard_files(out_dir, plan):
-        item = committed_stats(files)
+        item = committed_stats(files, ident)
         if item is None:
             return None
         stats.append(item)

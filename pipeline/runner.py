@@ -255,8 +255,13 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
 
     def commit(shard: int) -> None:
         writer = writers.pop(shard)
-        stats = writer.commit()
-        writer.lock.release()
+        try:
+            stats = writer.commit()
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            writer.lock.release()
         seconds = time.monotonic() - started.pop(shard)
         summary.shards_written += 1
         log.write("shard", shard=shard, rows=stats["rows"], ok=stats["ok"],
