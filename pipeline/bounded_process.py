@@ -32,6 +32,8 @@ _SAMPLE_S = 0.05  # how often the child's peak RSS is read
 _PRLIMIT = shutil.which("prlimit")
 _SETPRIV = shutil.which("setpriv")
 _PR_SET_PDEATHSIG = 1
+FORKSERVER_PARENT_ENV = "AVSIAM_FORKSERVER_PARENT"
+"""Set by the sharding worker pool to its pid for `pipeline.forkserver_guard`."""
 _death_prefix: list[str] | None = None
 
 
@@ -108,9 +110,10 @@ def _parent_death_prefix() -> list[str]:
     return _death_prefix
 
 
-def _die_with_parent(parent: int) -> None:
-    """Preexec hook (setpriv fallback): SIGKILL the child when `parent`, the process that forked
-    it, ends; exit at once if that already happened."""
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this new process when `parent`, the process that started it, ends; exit at once if
+    that already happened. The preexec hook where setpriv lacks --pdeathsig, and the forkserver
+    guard."""
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         os._exit(125)
@@ -139,7 +142,7 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
             command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
             stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()),
-            preexec_fn=None if death else functools.partial(_die_with_parent, os.getpid()))
+            preexec_fn=None if death else functools.partial(die_with_parent, os.getpid()))
         if proc.stdout is not None:
             _grow_pipe(proc.stdout.fileno(), outputs[STDOUT])
     finally:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from pipeline import errors
+from pipeline.bounded_process import FORKSERVER_PARENT_ENV
 from pipeline.clip import ClipContext, ClipResult, ClipTask, process_clip, warm_up
 
-_PRELOAD = ["pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
+_PRELOAD = ["pipeline.forkserver_guard", "pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class WorkerPool:
     usage: ResourceUse = field(default_factory=ResourceUse)
 
     def __post_init__(self) -> None:
+        os.environ[FORKSERVER_PARENT_ENV] = str(os.getpid())   # its forkserver dies with it
         self._mp = mp.get_context("forkserver")
         self._mp.set_forkserver_preload(_PRELOAD)
         self._workers: list[_Worker] = []

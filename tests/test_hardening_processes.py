@@ -49,17 +49,24 @@ def _start_time(pid: int) -> str | None:
         return None
 
 
+_PF_EXITING = 0x4     # the kernel is tearing the process down (after SIGKILL): it runs no more code
+
+
 def _alive(processes: dict[int, str]) -> list[str]:
-    """The ones still running (same pid and start time, not a zombie), with their command line."""
+    """The ones still running (same pid and start time, neither a zombie nor already in the
+    kernel's exit path, where a large process may spend a moment freeing its memory), with their
+    command line."""
     alive = []
     for pid, start in processes.items():
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if state != "Z" and _start_time(pid) == start:
-            alive.append(f"{pid}: {command.decode(errors='replace')[:100]}")
+        state, flags = fields[0], int(fields[6])
+        if state != "Z" and not flags & _PF_EXITING and _start_time(pid) == start:
+            text = command.decode(errors="replace")
+            alive.append(f"{pid} ({state}, flags {flags:#x}): {text[:60]}...{text[-40:]}")
     return alive
 
 
