@@ -138,7 +138,7 @@ def _kept_rows(files: fmt.ShardFiles) -> dict[int, Reused] | None:
     except Exception:
         return None
     return {r["row"]: Reused(r["row"], r["key"], r["source_id"], r["path"], r["has_audio"],
-                             r["has_video"])
+                             r["has_video"], r.get("coverage"), r.get("window_source"))
             for r in records if r["status"] == fmt.STATUS_OK}
 
 

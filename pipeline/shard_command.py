@@ -7,7 +7,7 @@ import signal
 import sys
 
 from pipeline.manifest import KINDS
-from pipeline.params import ClipParams, MediaLimits
+from pipeline.params import CUT_TOLERANCE_S, SEGMENT_MODES, ClipParams, MediaLimits
 from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
 from shards import format as fmt
 
@@ -29,6 +29,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(VGGSound: train or test)")
     inputs.add_argument("--clip-seconds", type=float,
                         help="window length for rows without an end (default: whole file)")
+    inputs.add_argument("--segments", choices=SEGMENT_MODES, default="auto",
+                        help="full: files are whole videos, the manifest window is seeked in "
+                        "them; cut: each file is already its segment (decoded from 0); auto: "
+                        f"per file, cut when its duration is within {CUT_TOLERANCE_S:g} s of the "
+                        "window length (or shorter than the window), else seek")
+    inputs.add_argument("--min-coverage", type=float, default=ClipParams().min_coverage,
+                        help="least fraction of a window that must decode; shorter windows fail "
+                        "as short_window, longer ones are kept with their coverage recorded")
+    inputs.add_argument("--allow-missing", action="store_true",
+                        help="go on even when none of the first rows has its file under --videos")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, help="output folder (one per split)")
@@ -77,7 +87,8 @@ def config_from_args(args: argparse.Namespace):
                       jpeg_quality=args.jpeg_quality,
                       keep_single_modality=args.keep_single_modality,
                       max_window_seconds=args.max_window_seconds, max_pixels=args.max_pixels,
-                      max_source_seconds=args.max_source_hours * 3600)
+                      max_source_seconds=args.max_source_hours * 3600,
+                      segments=args.segments, min_coverage=args.min_coverage)
     limits = MediaLimits(probe_timeout_s=args.probe_timeout, decode_timeout_s=args.decode_timeout,
                          ffmpeg_threads=args.ffmpeg_threads,
                          ffmpeg_memory_mb=args.ffmpeg_memory_mb)
@@ -86,7 +97,7 @@ def config_from_args(args: argparse.Namespace):
                        select_split=args.select_split, plan=plan, clip=clip, limits=limits,
                        workers=args.workers or default_workers(), task_index=args.task_index,
                        num_tasks=args.num_tasks, retry_failed=args.retry_failed,
-                       progress=not args.no_progress)
+                       allow_missing=args.allow_missing, progress=not args.no_progress)
 
 
 def _exit_on_term(signum, frame) -> None:
