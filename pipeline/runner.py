@@ -10,17 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline import dataset_json
+from pipeline import dataset_json, preflight
 from pipeline.clip import ClipContext, ClipResult, ClipTask, failed
 from pipeline.config import ShardConfig
 from pipeline.labels import read_labels, vocabulary_from
-from pipeline.manifest import read_manifest
+from pipeline.manifest import choose_split, read_manifest
 from pipeline.params import params_hash
 from pipeline.plan import Plan, build_plan, load_or_write, read_plan, write_plan
 from pipeline.run_log import RunLog
@@ -41,14 +42,17 @@ class RunSummary:
     dataset_json: Path | None = None
     resources: dict | None = None
     """Workers' memory peaks and CPU time (with their ffmpeg children), see workers.ResourceUse."""
+    task_totals: dict | None = None
+    """rows, ok, failures (Counter by reason code) of this task's committed shards; num_tasks."""
 
 
 def make_plan(cfg: ShardConfig) -> Plan:
     """Build the plan from the manifest and store it (or check it against the stored one).
 
-    A re-run whose manifest and labels files and parameters are byte-for-byte those of the
-    stored plan reuses it without re-reading the manifest (seconds instead of a minute at 2M
-    rows); otherwise the plan is rebuilt and must equal the stored one."""
+    A re-run whose manifest and labels files, --videos and parameters are byte-for-byte those of
+    the stored plan reuses it without re-reading the manifest (seconds instead of a minute at 2M
+    rows); otherwise the plan is rebuilt and must equal the stored one. A first run checks that
+    the rows find their files (`pipeline.preflight`) before it writes anything."""
     fingerprint = _input_fingerprint(cfg)
     stored = cfg.out / fmt.MANIFEST_NAME
     stored_fingerprint = None
@@ -59,13 +63,15 @@ def make_plan(cfg: ShardConfig) -> Plan:
             return plan
     manifest = read_manifest(cfg.manifest, cfg.manifest_format, videos=cfg.videos,
                              extensions=cfg.plan.extensions)
-    if cfg.select_split:
-        manifest = manifest.select_split(cfg.select_split)
+    manifest = choose_split(manifest, cfg.select_split, cfg.manifest)
     vocabulary = read_labels(cfg.labels) if cfg.labels else vocabulary_from(manifest.labels)
-    plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()))
+    plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()),
+                      videos=cfg.videos)
     plan.meta["input_fingerprint"] = fingerprint
-    cfg.out.mkdir(parents=True, exist_ok=True)
     had_plan = stored.exists()
+    if not had_plan:
+        preflight.check_files(plan, cfg.videos, cfg.allow_missing)
+    cfg.out.mkdir(parents=True, exist_ok=True)
     plan = load_or_write(plan, cfg.out)
     if had_plan and fingerprint and stored_fingerprint != fingerprint:
         write_plan(plan, cfg.out)       # same plan from other input bytes: remember these bytes
@@ -80,7 +86,8 @@ def _input_fingerprint(cfg: ShardConfig) -> str | None:
     for path in (cfg.manifest, cfg.labels):
         digest.update(fmt.file_digest(path)[1].encode() if path else b"-")
     digest.update(json.dumps([cfg.manifest_format, cfg.select_split, asdict(cfg.plan),
-                              cfg.clip.as_dict()], sort_keys=True, default=str).encode())
+                              cfg.clip.as_dict(), str(cfg.videos.resolve())], sort_keys=True,
+                             default=str).encode())
     return digest.hexdigest()[:16]
 
 
@@ -143,9 +150,12 @@ def _kept_rows(files: fmt.ShardFiles) -> dict[int, Reused] | None:
 
 
 def run(cfg: ShardConfig) -> RunSummary:
-    plan = make_plan(cfg)
+    first_run = not (cfg.out / fmt.MANIFEST_NAME).exists()
+    plan = make_plan(cfg)           # a first run checks the files before writing the plan
     summary = RunSummary(plan)
     jobs = _select(cfg, plan, summary)
+    if not first_run and any(not job.retry for job in jobs):
+        preflight.check_files(plan, cfg.videos, cfg.allow_missing)
     log = RunLog(cfg.out, cfg.task_index, cfg.num_tasks)
     log.write("start", task_index=cfg.task_index, num_tasks=cfg.num_tasks, workers=cfg.workers,
               shards_to_write=len(jobs), shards_skipped=summary.shards_skipped,
@@ -156,7 +166,21 @@ def run(cfg: ShardConfig) -> RunSummary:
         log.close()
     if dataset_json.all_committed(cfg.out, plan):
         summary.dataset_json = dataset_json.write(cfg.out, dataset_json.build(cfg.out, plan))
+    summary.task_totals = _task_totals(cfg, plan)
     return summary
+
+
+def _task_totals(cfg: ShardConfig, plan: Plan) -> dict:
+    """Rows, ok rows and failure counts of this task's committed shards (all runs so far)."""
+    totals = {"rows": 0, "ok": 0, "failures": Counter(), "num_tasks": cfg.num_tasks}
+    for shard in range(cfg.task_index, plan.num_shards, cfg.num_tasks):
+        files = fmt.ShardFiles.of(cfg.out, plan.split, shard)
+        if is_committed(files):
+            stats = read_stats(files)
+            totals["rows"] += stats["rows"]
+            totals["ok"] += stats["ok"]
+            totals["failures"].update(stats["failures"])
+    return totals
 
 
 def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSummary,

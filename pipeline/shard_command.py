@@ -6,6 +6,7 @@ import shutil
 import signal
 import sys
 
+from pipeline.errors import MISSING_FILE
 from pipeline.manifest import KINDS
 from pipeline.params import CUT_TOLERANCE_S, SEGMENT_MODES, ClipParams, MediaLimits
 from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
                         help="extensions tried in order")
     inputs.add_argument("--select-split", help="keep only rows of this manifest split "
-                        "(VGGSound: train or test)")
+                        "(VGGSound: train or test; required there, 'all' keeps both)")
     inputs.add_argument("--clip-seconds", type=float,
                         help="window length for rows without an end (default: whole file)")
     inputs.add_argument("--segments", choices=SEGMENT_MODES, default="auto",
@@ -111,6 +112,7 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.manifest import ManifestError
     from pipeline.params import ParamsError
     from pipeline.plan import PlanMismatch
+    from pipeline.preflight import PreflightError
     from pipeline.runner import run
 
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
@@ -126,7 +128,8 @@ def main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_on_term)  # SLURM's warning, scancel
     try:
         summary = run(config_from_args(args))
-    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch) as exc:
+    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch,
+            PreflightError) as exc:
         print(f"avsiam shard: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -135,4 +138,23 @@ def main(args: argparse.Namespace) -> int:
         "other shards still to do (other tasks, or re-run)"
     print(f"avsiam shard: {summary.shards_written} shard(s) written, {summary.shards_skipped} "
           f"already committed; {summary.ok} ok, {summary.failed} failed rows this run; {done}")
+    return _report_totals(summary.task_totals, args)
+
+
+def _report_totals(totals: dict, args: argparse.Namespace) -> int:
+    """Print the missing-file fraction of this task's shards; 1 when none of their rows is ok."""
+    rows, failures = totals["rows"], totals["failures"]
+    if not rows:
+        return 0
+    whose = "" if totals["num_tasks"] == 1 else " of this task's shards"
+    missing = failures.get(MISSING_FILE, 0)
+    others = ", ".join(f"{code} {n}" for code, n in failures.most_common() if code != MISSING_FILE)
+    print(f"avsiam shard: missing files: {missing} of {rows} rows{whose} "
+          f"({100 * missing / rows:.1f}%; AudioSet and VGGSound downloads typically miss 15-20%)"
+          + (f"; other failures: {others}" if others else ""))
+    if totals["ok"] == 0:
+        print(f"avsiam shard: none of the {rows} rows{whose} became a sample; each row's reason "
+              f"is in the records {args.out}/*.parquet (fix the inputs, then re-run with "
+              f"--retry-failed)", file=sys.stderr)
+        return 1
     return 0
