@@ -59,6 +59,7 @@ def build(out_dir: Path, plan: Plan, fbank: Moments | None = None) -> dict:
         "params": meta["clip_params"],
         "plan_params": meta["plan_params"],
         "manifest_kind": meta["manifest_kind"],
+        "videos": meta.get("videos"),
         "labels": meta["vocabulary"],
     }
 

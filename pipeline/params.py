@@ -88,7 +88,8 @@ class ClipParams:
     def as_dict(self) -> dict:
         """All output-affecting values, including the fixed audio and fbank settings."""
         out = asdict(self)
-        out.update(cut_tolerance_seconds=CUT_TOLERANCE_S, sample_rate=SAMPLE_RATE, audio_channels=1, fbank=dict(FBANK_ARGS),
+        out.update(cut_tolerance_seconds=CUT_TOLERANCE_S, sample_rate=SAMPLE_RATE,
+                   audio_channels=1, fbank=dict(FBANK_ARGS),
                    frame_filter="scale short side bicubic + centre crop (ffmpeg)",
                    format_version=fmt.FORMAT_VERSION, pipeline_version=PIPELINE_VERSION)
         return out

@@ -173,5 +173,6 @@ def published_dataset(root: Path) -> dict:
                                                for y, s, label, split, _ in VGGSOUND_ROWS))
     return dict(root=root, source=source, full=root / "full", cut=root / "cut",
                 vgg=root / "vgg", audioset=root / "balanced_train_segments.csv",
-                headerless=root / "headerless_segments.csv", labels=root / "class_labels_indices.csv",
+                headerless=root / "headerless_segments.csv",
+                labels=root / "class_labels_indices.csv",
                 vggsound=root / "vggsound.csv")

@@ -142,6 +142,7 @@ def test_full_length_files_every_row_recorded_and_fbank_of_the_right_window(
     assert info["counts"]["ok"] == 5 and info["counts"]["failed"] == 3
     assert info["failure_reasons"] == {"missing_file": 1, "short_window": 1, "truncated_file": 1}
     assert info["params"]["segments"] == "auto" and info["params"]["min_coverage"] == 0.5
+    assert info["videos"] == str(published["full"])
     assert "missing files: 1 of 8 rows (12.5%" in full_run["stdout"]
     assert "other failures: short_window 1, truncated_file 1" in full_run["stdout"]
     assert cli(["verify", "--out", str(out)]) == 0

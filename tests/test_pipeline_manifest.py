@@ -171,7 +171,8 @@ def test_unique_keys_give_the_smallest_free_suffix_in_row_order():
     rng = random.Random(0)
     for _ in range(200):
         ids = [rng.choice(pool) for _ in range(rng.randint(1, 30))]
-        assert unique_keys(ids, [None] * len(ids)) == _smallest_free_suffix_keys(ids, [None] * len(ids))
+        starts = [None] * len(ids)
+        assert unique_keys(ids, starts) == _smallest_free_suffix_keys(ids, starts)
     assert unique_keys(["a", "a", "a-1", "a"], [None] * 4) == ["a", "a-2", "a-1", "a-3"]
     many = unique_keys(["x"] * 20_000, [0.0] * 20_000)
     assert many[-1] == "x_00000000-19999" and len(set(many)) == 20_000
