@@ -280,7 +280,7 @@ def check_same(stored: Plan, plan: Plan, where: Path) -> None:
             f"{old['num_rows']} vs {new['num_rows']}, plan params "
             f"{_diff(old['plan_params'], new['plan_params'])}); use a new --out, "
             f"or delete {where} and the shards to start over")
-    if old.get("videos") != new.get("videos"):
+    if "videos" in old and old["videos"] != new.get("videos"):   # (older plans lack it)
         raise PlanMismatch(
             f"{where} was made from --videos {old.get('videos')}, not {new.get('videos')}; pass "
             f"the same --videos (a re-run may not take other files silently), or use a new --out")
