@@ -43,6 +43,8 @@ class ShardConfig:
     num_tasks: int | None = None
     retry_failed: bool = False
     """Redo the failed rows of committed shards."""
+    allow_missing: bool = False
+    """Go on when none of the first planned rows has its file (else the pre-flight stops)."""
     progress: bool = True
     recycle_after: int = 1000
     """Replace each worker after this many clips (contains leaks)."""

@@ -70,6 +70,7 @@ def build(plan: Plan, stats: list[dict], fbank: Moments | None = None) -> dict:
         "params": meta["clip_params"],
         "plan_params": meta["plan_params"],
         "manifest_kind": meta["manifest_kind"],
+        "videos": meta.get("videos"),
         "labels": meta["vocabulary"],
     }
 

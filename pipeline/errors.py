@@ -25,7 +25,9 @@ ABSURD_DURATION = "absurd_duration"
 BAD_WINDOW = "bad_window"
 WINDOW_OUTSIDE_FILE = "window_outside_file"
 WINDOW_TOO_LONG = "window_too_long"
+SHORT_WINDOW = "short_window"          # less of the window decoded than --min-coverage asks
 # Decoding problems
+TRUNCATED_FILE = "truncated_file"      # the container claims more than ffmpeg could decode
 DECODE_FAILED = "decode_failed"
 TIMEOUT = "timeout"
 OUTPUT_TOO_LARGE = "output_too_large"

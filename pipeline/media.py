@@ -47,6 +47,7 @@ class VideoStream:
     fps: float          # rate used to index frames (avg_frame_rate, else r_frame_rate, else 25)
     nb_frames: int | None
     rotation: int
+    duration: float | None = None   # what the stream claims (None: unknown, e.g. Matroska)
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ class AudioStream:
     index: int
     rate: int
     channels: int
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Decoded:
     audio: bytes | None          # s16le mono at SAMPLE_RATE (None when not requested)
     frames: list[bytes]          # rgb24 frame_size x frame_size, one per selected index, in order
     ffmpeg_max_rss_kb: int
+    stderr: str = ""             # the end of ffmpeg's messages (e.g. "partial file")
 
 
 def _input_url(path: Path) -> str:
@@ -158,7 +161,8 @@ def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:
             rate = int(_float(stream.get("sample_rate")) or 0)
             channels = int(stream.get("channels") or 0)
             if rate > 0 and channels > 0:
-                audio = AudioStream(int(stream["index"]), rate, channels)
+                audio = AudioStream(int(stream["index"]), rate, channels,
+                                    _float(stream.get("duration")))
         elif kind == "video" and video is None:
             if (stream.get("disposition") or {}).get("attached_pic"):
                 continue  # cover art, not a video
@@ -186,7 +190,8 @@ def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
     rates = (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")))
     fps = next((f for f in rates if 0 < f <= _MAX_SANE_FPS), FALLBACK_FPS)
     nb = _float(stream.get("nb_frames"))
-    return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation)
+    return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation,
+                       _float(stream.get("duration")))
 
 
 def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
@@ -254,4 +259,4 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
     frame_bytes = size * size * 3
     frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
     return Decoded(audio=result.outputs.get(_AUDIO) if want_audio else None, frames=frames,
-                   ffmpeg_max_rss_kb=result.max_rss_kb)
+                   ffmpeg_max_rss_kb=result.max_rss_kb, stderr=result.stderr_tail)

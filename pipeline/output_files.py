@@ -121,16 +121,27 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def prepare_out(out: Path) -> None:
-    """Create --out or say in one line why it cannot be used (a file, no permission, read-only)."""
+def check_out(out: Path) -> None:
+    """Say in one line why --out cannot be used (a file, no permission, read-only), writing
+    nothing: a missing --out is checked at the nearest folder that exists."""
     if out.exists() and not out.is_dir():
         raise OutputError(out, "--out is a file, not a folder; pass a folder (it is created if "
                                "missing)")
+    folder = out
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise OutputError(out, OSError(errno.ENOTDIR, os.strerror(errno.ENOTDIR)))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        code = errno.EROFS if _read_only(folder) else errno.EACCES
+        raise OutputError(out, OSError(code, os.strerror(code)))
+
+
+def prepare_out(out: Path) -> None:
+    """`check_out`, then create --out."""
+    check_out(out)
     with writing(out):
         out.mkdir(parents=True, exist_ok=True)
-    if not os.access(out, os.W_OK | os.X_OK):
-        code = errno.EROFS if _read_only(out) else errno.EACCES
-        raise OutputError(out, OSError(code, os.strerror(code)))
 
 
 def _read_only(path: Path) -> bool:

@@ -110,6 +110,14 @@ class TemplateRenderer:
         self._fields = {name.split(".")[0].split("[")[0]
                         for _, name, _, _ in string.Formatter().parse(template) if name}
 
+    def names(self, source_ids: list[str], paths: list, starts: list, ends: list) -> list[str]:
+        """Each row's file name: its manifest path, else the template's (a template of the id
+        alone costs no per-row formatting)."""
+        if self.template in ("{ytid}", "{id}"):
+            return [path or source for path, source in zip(paths, source_ids)]
+        return [path or self(source, start, end)
+                for source, path, start, end in zip(source_ids, paths, starts, ends)]
+
     def __call__(self, source_id: str, start: float | None, end: float | None) -> str:
         fields = self._fields
         values = {}
@@ -179,16 +187,20 @@ def sample_bytes_bound(base: int, params: ClipParams, key: str, source_id: str, 
 
 
 def unique_keys(source_ids: list[str], starts: list[float | None]) -> list[str]:
-    """sample_key of each row; later duplicates get -1, -2, ... (deterministic, in row order)."""
+    """sample_key of each row; later duplicates get the smallest free -1, -2, ... (deterministic,
+    in row order). Linear: each key's search resumes after the suffix it handed out last (every
+    smaller one is taken for good), so 20,000 copies of one id cost 20,000 steps, not 2e8."""
     keys = [fmt.sample_key(s, t) for s, t in zip(source_ids, starts)]
     taken = set(keys)
     seen: set[str] = set()
+    next_suffix: dict[str, int] = {}
     out = []
     for key in keys:
         if key in seen:
-            n = 1
+            n = next_suffix.get(key, 1)
             while f"{key}-{n}" in taken:
                 n += 1
+            next_suffix[key] = n + 1
             key = f"{key}-{n}"
             taken.add(key)
         seen.add(key)
@@ -197,7 +209,9 @@ def unique_keys(source_ids: list[str], starts: list[float | None]) -> list[str]:
 
 
 def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanParams,
-               clip_params: ClipParams, params_hash: str) -> Plan:
+               clip_params: ClipParams, params_hash: str, videos: str | Path | None = None) -> Plan:
+    """The plan of `manifest`; `videos` (the --videos folder, stored absolute) is part of what a
+    re-run must repeat."""
     try:
         label_indices = [vocabulary.indices(labels) for labels in manifest.labels]
     except KeyError:
@@ -211,10 +225,8 @@ def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanPara
     ends = [end if end is not None or plan_params.clip_seconds is None
             else (start or 0.0) + plan_params.clip_seconds
             for start, end in zip(manifest.starts, manifest.ends)]
-    render = TemplateRenderer(plan_params.template)
-    names = [path or render(source, start, end)
-             for source, path, start, end in zip(manifest.source_ids, manifest.paths,
-                                                 manifest.starts, ends)]
+    names = TemplateRenderer(plan_params.template).names(manifest.source_ids, manifest.paths,
+                                                         manifest.starts, ends)
     keys = unique_keys(manifest.source_ids, manifest.starts)
     shards, shard, count, size = [], 0, 0, 0
     room = plan_params.max_shard_bytes - SHARD_TAIL_BYTES
@@ -253,6 +265,7 @@ def build_plan(manifest: Manifest, vocabulary: Vocabulary, plan_params: PlanPara
     meta = {"plan_hash": table_hash(table), "params_hash": params_hash,
             "plan_params": _jsonable(asdict(plan_params)),
             "clip_params": _jsonable(clip_params.as_dict()),
+            "videos": None if videos is None else str(Path(videos).resolve()),
             "manifest_kind": manifest.kind, "num_rows": len(manifest),
             "num_shards": shards[-1] + 1, "vocabulary": vocabulary.as_dict(),
             "format_version": fmt.FORMAT_VERSION}
@@ -287,24 +300,34 @@ def read_plan(out_dir: Path) -> Plan:
 
 
 def load_or_write(plan: Plan, out_dir: Path) -> Plan:
-    """Store `plan` in out_dir, or check it equals the stored one."""
+    """Store `plan` in out_dir, or check it equals the stored one: same rows and shards, same
+    plan parameters (--template, --extensions, ...), same --videos, same output parameters
+    (--frame-size, --segments, --min-coverage, ...). A mismatch names what changed."""
     if not (out_dir / fmt.MANIFEST_NAME).exists():
         write_plan(plan, out_dir)
         return plan
-    stored = read_plan(out_dir)
-    where = out_dir / fmt.MANIFEST_NAME
-    if stored.meta["plan_hash"] != plan.meta["plan_hash"]:
+    check_same(read_plan(out_dir), plan, out_dir / fmt.MANIFEST_NAME)
+    return plan
+
+
+def check_same(stored: Plan, plan: Plan, where: Path) -> None:
+    """Raise PlanMismatch unless `plan` repeats the inputs and parameters of `stored`."""
+    old, new = stored.meta, plan.meta
+    if old["plan_hash"] != new["plan_hash"] or old["plan_params"] != new["plan_params"]:
         raise PlanMismatch(
             f"{where} was made from another manifest or plan parameters (rows "
-            f"{stored.meta['num_rows']} vs {plan.meta['num_rows']}, plan params "
-            f"{_diff(stored.meta['plan_params'], plan.meta['plan_params'])}); use a new --out, "
+            f"{old['num_rows']} vs {new['num_rows']}, plan params "
+            f"{_diff(old['plan_params'], new['plan_params'])}); use a new --out, "
             f"or delete {where} and the shards to start over")
-    if stored.meta["params_hash"] != plan.meta["params_hash"]:
+    if "videos" in old and old["videos"] != new.get("videos"):   # (older plans lack it)
+        raise PlanMismatch(
+            f"{where} was made from --videos {old.get('videos')}, not {new.get('videos')}; pass "
+            f"the same --videos (a re-run may not take other files silently), or use a new --out")
+    if old["params_hash"] != new["params_hash"]:
         raise PlanMismatch(
             f"{where} was made with other output parameters "
-            f"({_diff(stored.meta['clip_params'], plan.meta['clip_params'])}); use a new --out or "
+            f"({_diff(old['clip_params'], new['clip_params'])}); use a new --out or "
             f"the same parameters")
-    return plan
 
 
 def _jsonable(values: dict) -> dict:

@@ -19,19 +19,21 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
 import pyarrow.parquet as pq
 
-from pipeline import dataset_json
+from pipeline import dataset_json, preflight
 from pipeline.clip import ClipContext, ClipResult, ClipTask, failed
 from pipeline.config import ShardConfig, check_inputs, utf8_input
 from pipeline.labels import read_labels, vocabulary_from
 from pipeline.locks import FileLock, FolderLocks
-from pipeline.manifest import read_manifest
-from pipeline.output_files import fsync_dir, prepare_out, remove_temps, temp_target, writing
+from pipeline.manifest import choose_split, read_manifest
+from pipeline.output_files import (check_out, fsync_dir, prepare_out, remove_temps, temp_target,
+                                   writing)
 from pipeline.params import params_hash
 from pipeline.plan import Plan, build_plan, load_or_write, read_plan, write_plan
 from pipeline.run_log import RunLog
@@ -52,16 +54,19 @@ class RunSummary:
     dataset_json: Path | None = None
     resources: dict | None = None
     """Workers' memory peaks and CPU time (with their ffmpeg children), see workers.ResourceUse."""
+    task_totals: dict | None = None
+    """rows, ok, failures (Counter by reason code) of this task's committed shards; num_tasks."""
 
 
-def make_plan(cfg: ShardConfig, locks: FolderLocks) -> Plan:
+def make_plan(cfg: ShardConfig) -> Plan:
     """Build the plan from the manifest and store it (or check it against the stored one).
 
-    A re-run whose manifest and labels files and parameters are byte-for-byte those of the
-    stored plan reuses it without re-reading the manifest (seconds instead of a minute at 2M
-    rows); otherwise the plan is rebuilt and must equal the stored one. The stored plan is read
-    without a lock (it is only ever replaced atomically) and compared or written under the plan
-    lock, so array tasks starting together build in parallel and store one plan."""
+    A re-run whose manifest and labels files, --videos and parameters are byte-for-byte those of
+    the stored plan reuses it without re-reading the manifest (seconds instead of a minute at 2M
+    rows); otherwise the plan is rebuilt and must equal the stored one. A first run checks that
+    the rows find their files (`pipeline.preflight`) before it writes anything. The stored plan is
+    read without a lock (it is only ever replaced atomically) and compared or written under the
+    plan lock, so array tasks starting together build in parallel and store one plan."""
     fingerprint = _input_fingerprint(cfg)
     stored = cfg.out / fmt.MANIFEST_NAME
     if fingerprint and stored.exists():
@@ -71,13 +76,16 @@ def make_plan(cfg: ShardConfig, locks: FolderLocks) -> Plan:
     with utf8_input(cfg.manifest, "--manifest"):
         manifest = read_manifest(cfg.manifest, cfg.manifest_format, videos=cfg.videos,
                                  extensions=cfg.plan.extensions)
-    if cfg.select_split:
-        manifest = manifest.select_split(cfg.select_split)
+    manifest = choose_split(manifest, cfg.select_split, cfg.manifest)
     with utf8_input(cfg.labels, "--labels"):
         vocabulary = read_labels(cfg.labels) if cfg.labels else vocabulary_from(manifest.labels)
-    plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()))
+    plan = build_plan(manifest, vocabulary, cfg.plan, cfg.clip, params_hash(cfg.clip.as_dict()),
+                      videos=cfg.videos)
     plan.meta["input_fingerprint"] = fingerprint
-    with locks.plan():
+    if not stored.exists():
+        preflight.check_files(plan, cfg.videos, cfg.allow_missing)
+    prepare_out(cfg.out)
+    with FolderLocks(cfg.out).plan():
         remove_temps(cfg.out, {fmt.MANIFEST_NAME})      # a killed writer's; we hold the lock
         had_plan = stored.exists()
         stored_fingerprint = read_plan(cfg.out).meta.get("input_fingerprint") \
@@ -96,7 +104,8 @@ def _input_fingerprint(cfg: ShardConfig) -> str | None:
     for path in (cfg.manifest, cfg.labels):
         digest.update(fmt.file_digest(path)[1].encode() if path else b"-")
     digest.update(json.dumps([cfg.manifest_format, cfg.select_split, asdict(cfg.plan),
-                              cfg.clip.as_dict()], sort_keys=True, default=str).encode())
+                              cfg.clip.as_dict(), str(cfg.videos.resolve())], sort_keys=True,
+                             default=str).encode())
     return digest.hexdigest()[:16]
 
 
@@ -148,15 +157,16 @@ def _kept_rows(files: fmt.ShardFiles) -> dict[int, Reused] | None:
     except Exception:
         return None
     return {r["row"]: Reused(r["row"], r["key"], r["source_id"], r["path"], r["has_audio"],
-                             r["has_video"])
+                             r["has_video"], r.get("coverage"), r.get("window_source"))
             for r in records if r["status"] == fmt.STATUS_OK}
 
 
 def run(cfg: ShardConfig) -> RunSummary:
     check_inputs(cfg)
-    prepare_out(cfg.out)
+    check_out(cfg.out)                   # nothing is written before the plan is known good
+    first_run = not (cfg.out / fmt.MANIFEST_NAME).exists()
+    plan = make_plan(cfg)           # a first run checks the files before writing the plan
     locks = FolderLocks(cfg.out)
-    plan = make_plan(cfg, locks)
     summary = RunSummary(plan)
     ident = identity(plan.split, plan.meta["plan_hash"], plan.meta["params_hash"])
     jobs = []
@@ -166,6 +176,8 @@ def run(cfg: ShardConfig) -> RunSummary:
             summary.shards_skipped += 1
         else:
             jobs.append(job)
+    if not first_run and any(not job.retry for job in jobs):
+        preflight.check_files(plan, cfg.videos, cfg.allow_missing)
     _remove_stale_temps(cfg.out, plan, locks)
     log = RunLog(cfg.out, cfg.task_index, cfg.num_tasks)
     log.write("start", task_index=cfg.task_index, num_tasks=cfg.num_tasks, workers=cfg.workers,
@@ -179,6 +191,7 @@ def run(cfg: ShardConfig) -> RunSummary:
             log.write("dataset_json", written=written)
     finally:
         log.close()
+    summary.task_totals = _task_totals(cfg, plan)
     return summary
 
 
@@ -199,6 +212,19 @@ def _remove_stale_temps(out: Path, plan: Plan, locks: FolderLocks) -> None:
                 remove_temps(out, targets, names)
             finally:
                 lock.release()
+
+
+def _task_totals(cfg: ShardConfig, plan: Plan) -> dict:
+    """Rows, ok rows and failure counts of this task's committed shards (all runs so far)."""
+    totals = {"rows": 0, "ok": 0, "failures": Counter(), "num_tasks": cfg.num_tasks}
+    ident = identity(plan.split, plan.meta["plan_hash"], plan.meta["params_hash"])
+    for shard in range(cfg.task_index, plan.num_shards, cfg.num_tasks):
+        stats = committed_stats(fmt.ShardFiles.of(cfg.out, plan.split, shard), ident)
+        if stats is not None:
+            totals["rows"] += stats["rows"]
+            totals["ok"] += stats["ok"]
+            totals["failures"].update(stats["failures"])
+    return totals
 
 
 def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSummary,

@@ -34,7 +34,8 @@ from shards import format as fmt
 
 RECORD_SCHEMA = pa.schema([("row", pa.int64()), ("key", pa.string()), ("source_id", pa.string()),
                            ("path", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-                           ("has_audio", pa.bool_()), ("has_video", pa.bool_())])
+                           ("has_audio", pa.bool_()), ("has_video", pa.bool_()),
+                           ("coverage", pa.float64()), ("window_source", pa.string())])
 assert tuple(RECORD_SCHEMA.names) == fmt.RECORD_COLUMNS
 
 
@@ -110,6 +111,8 @@ class Reused:
     path: str | None
     has_audio: bool
     has_video: bool
+    coverage: float | None = None
+    window_source: str | None = None
 
 
 class ShardWriter:
@@ -178,7 +181,8 @@ class ShardWriter:
             self._failures[reason_code(result.reason)] += 1
         self._records.append(dict(row=result.row, key=result.key, source_id=result.source_id,
                                   path=result.path, status=result.status, reason=result.reason,
-                                  has_audio=result.has_audio, has_video=result.has_video))
+                                  has_audio=result.has_audio, has_video=result.has_video,
+                                  coverage=result.coverage, window_source=result.window_source))
 
     def _copy_old(self, item: Reused) -> None:
         """Copy a kept sample's members from the old tar (which holds samples in row order)."""
@@ -198,7 +202,8 @@ class ShardWriter:
                                f"tar")
         self._records.append(dict(row=item.row, key=item.key, source_id=item.source_id,
                                   path=item.path, status=fmt.STATUS_OK, reason=None,
-                                  has_audio=item.has_audio, has_video=item.has_video))
+                                  has_audio=item.has_audio, has_video=item.has_video,
+                                  coverage=item.coverage, window_source=item.window_source))
 
     def commit(self) -> dict:
         """Finish the tar, write the record, then the stats file (the commit marker). Only while
