@@ -4,13 +4,22 @@ The only way `pipeline/` starts ffmpeg/ffprobe (through `pipeline.media`). A chi
 FIFO, a stalled mount), runs past its deadline or writes more than allowed is killed, and the caller
 gets an exception that says which limit was hit. Outputs other than stdout go through extra pipes
 (`pipe:N` URLs for ffmpeg), all read concurrently so the child never blocks on a full pipe.
+
+The child dies with the process that started it: it gets SIGKILL as its parent-death signal
+(PR_SET_PDEATHSIG), set by util-linux `setpriv --pdeathsig KILL`, which execs `prlimit`, which
+execs ffmpeg. The setting survives both execs (the same process all along), so it is ffmpeg itself
+that is killed when the worker dies, even by SIGKILL. Where setpriv lacks --pdeathsig (util-linux
+before 2.33) a preexec hook sets it instead, at the cost of a full fork per call.
 """
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import functools
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass
@@ -21,6 +30,11 @@ _CHUNK = 1 << 20
 _STDERR = "\0stderr"  # internal name of the stderr pipe
 _SAMPLE_S = 0.05  # how often the child's peak RSS is read
 _PRLIMIT = shutil.which("prlimit")
+_SETPRIV = shutil.which("setpriv")
+_PR_SET_PDEATHSIG = 1
+FORKSERVER_PARENT_ENV = "AVSIAM_FORKSERVER_PARENT"
+"""Set by the sharding worker pool to its pid for `pipeline.forkserver_guard`."""
+_death_prefix: list[str] | None = None
 
 
 class ProcessTimeout(Exception):
@@ -81,6 +95,32 @@ def _with_memory_limit(command: list[str], memory_mb: int) -> list[str]:
     return [_PRLIMIT, f"--as={memory_mb << 20}", "--", *command]
 
 
+def _parent_death_prefix() -> list[str]:
+    """`setpriv --pdeathsig KILL --` if this setpriv has the option, else [] (checked once)."""
+    global _death_prefix
+    if _death_prefix is None:
+        works = False
+        if _SETPRIV is not None:
+            try:
+                works = subprocess.run([_SETPRIV, "--pdeathsig", "KILL", "--", "true"],
+                                       capture_output=True, timeout=30).returncode == 0
+            except (OSError, subprocess.SubprocessError):
+                works = False
+        _death_prefix = [_SETPRIV, "--pdeathsig", "KILL", "--"] if works else []
+    return _death_prefix
+
+
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this new process when `parent`, the process that started it, ends; exit at once if
+    that already happened. The preexec hook where setpriv lacks --pdeathsig, and the forkserver
+    guard."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(125)
+    if os.getppid() != parent:
+        os._exit(125)
+
+
 def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
                 outputs: Mapping[str, int], timeout_s: float, memory_mb: int = 0,
                 stderr_max_bytes: int = 16384) -> ProcessResult:
@@ -96,11 +136,13 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
                 extra[name] = os.pipe()
                 _grow_pipe(extra[name][0], outputs[name])
         urls = {name: "pipe:1" if name == STDOUT else f"pipe:{extra[name][1]}" for name in outputs}
-        command = _with_memory_limit(build_command(urls), memory_mb)
+        death = _parent_death_prefix()
+        command = death + _with_memory_limit(build_command(urls), memory_mb)
         proc = subprocess.Popen(
             command, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE if STDOUT in outputs else subprocess.DEVNULL,
-            stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()))
+            stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()),
+            preexec_fn=None if death else functools.partial(die_with_parent, os.getpid()))
         if proc.stdout is not None:
             _grow_pipe(proc.stdout.fileno(), outputs[STDOUT])
     finally:

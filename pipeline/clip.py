@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import errors, fbank as fbank_mod, frames as frames_mod, media
+from pipeline import errors, fbank as fbank_mod, frames as frames_mod, media, window as window_mod
 from pipeline.params import PIPELINE_VERSION, SAMPLE_RATE, ClipParams, MediaLimits
 from pipeline.stats import Moments, sample_moments
 from shards import format as fmt
@@ -35,7 +35,7 @@ class ClipTask:
     row: int
     key: str
     source_id: str
-    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir or absolute
+    candidates: tuple[str, ...]      # media paths to try, relative to videos_dir (or inside it)
     start: float | None
     end: float | None
     labels: tuple[str, ...]
@@ -65,10 +65,14 @@ class ClipResult:
     members: tuple[tuple[str, bytes], ...] = ()
     moments: Moments = field(default_factory=Moments)
     ffmpeg_max_rss_kb: int = 0
+    coverage: float | None = None       # decoded / asked seconds of the window (when known)
+    window_source: str | None = None    # "seek" | "cut" (when the window was chosen)
 
 
-def failed(task: ClipTask, reason: str, path: str | None = None) -> ClipResult:
-    return ClipResult(task.row, task.key, task.source_id, path, fmt.STATUS_FAILED, reason)
+def failed(task: ClipTask, reason: str, path: str | None = None, *,
+           coverage: float | None = None, window_source: str | None = None) -> ClipResult:
+    return ClipResult(task.row, task.key, task.source_id, path, fmt.STATUS_FAILED, reason,
+                      coverage=coverage, window_source=window_source)
 
 
 def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
@@ -81,6 +85,8 @@ def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
         resolved = resolve_path(task, ctx.videos_dir)
         path = _display_path(resolved, ctx.videos_dir)
         return _make_sample(task, ctx, resolved, path)
+    except window_mod.WindowError as exc:
+        return failed(task, exc.reason, path, coverage=exc.coverage, window_source=exc.source)
     except errors.ClipError as exc:
         return failed(task, exc.reason, path)
     except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
@@ -88,15 +94,22 @@ def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
 
 
 def resolve_path(task: ClipTask, videos_dir: str) -> Path:
-    """The first candidate that is a non-empty regular file (checked by stat, never opened).
+    """The first candidate that is a readable, non-empty regular file under `videos_dir` (checked by
+    stat, and opened only once it is known to be a regular file).
 
-    If none is, the first candidate that exists in a bad form (a FIFO, a folder, 0 bytes) gives
-    the reason; if none exists at all, the row's file is missing."""
+    A candidate that would leave `videos_dir` (`..`, or an absolute path elsewhere; pass
+    `--videos /` to allow any absolute path) or holds a NUL byte is refused. If no candidate is
+    usable, the first that exists in a bad form (a FIFO, a folder, 0 bytes, no read permission)
+    gives the reason; if none exists at all, the row's file is missing."""
     problem = None
+    root = os.path.normpath(os.path.abspath(videos_dir))
     for candidate in task.candidates:
-        if not os.path.isabs(candidate) and os.path.normpath(candidate).startswith(".."):
+        if "\0" in candidate:
+            raise errors.ClipError(errors.UNSAFE_PATH, f"{candidate!r} holds a NUL byte, which no "
+                                                       f"file name can")
+        path = Path(os.path.normpath(os.path.join(root, candidate)))
+        if os.path.commonpath([root, str(path)]) != root:
             raise errors.ClipError(errors.UNSAFE_PATH, f"{candidate!r} would leave {videos_dir}")
-        path = Path(videos_dir, candidate)
         try:
             info = os.stat(path)
         except FileNotFoundError:
@@ -111,6 +124,12 @@ def resolve_path(task: ClipTask, videos_dir: str) -> Path:
         elif info.st_size == 0:
             problem = problem or errors.ClipError(errors.EMPTY_FILE, f"{path} has 0 bytes")
         else:
+            try:
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            except OSError as exc:
+                problem = problem or errors.ClipError(errors.UNREADABLE_FILE,
+                                                      f"{path}: {exc.strerror}")
+                continue
             return path
     if problem is not None:
         raise problem
@@ -119,38 +138,19 @@ def resolve_path(task: ClipTask, videos_dir: str) -> Path:
 
 
 def _display_path(path: Path, videos_dir: str) -> str:
+    """The path as recorded: relative to `videos_dir` (`resolve_path` only returns paths in it)."""
     try:
-        return str(path.relative_to(videos_dir))
+        return str(path.relative_to(os.path.normpath(os.path.abspath(videos_dir))))
     except ValueError:
         return str(path)
 
 
-def _window(task: ClipTask, info: media.MediaInfo, params: ClipParams) -> tuple[float, float]:
-    """(start, seconds to decode) of the clip window, checked against the file and the limits."""
-    start = task.start or 0.0
-    if start < 0 or (task.end is not None and task.end <= start):
-        raise errors.ClipError(errors.BAD_WINDOW, f"window [{start:g}, {task.end}] is empty")
-    if info.duration is not None and start >= info.duration:
-        raise errors.ClipError(errors.WINDOW_OUTSIDE_FILE,
-                               f"window starts at {start:g} s but the file lasts "
-                               f"{info.duration:.3f} s")
-    if task.end is not None:
-        seconds = task.end - start
-    elif info.duration is not None:
-        seconds = info.duration - start
-    else:
-        seconds = params.max_window_seconds
-    if seconds > params.max_window_seconds + 1e-6:
-        raise errors.ClipError(errors.WINDOW_TOO_LONG,
-                               f"window of {seconds:.1f} s exceeds max_window_seconds "
-                               f"{params.max_window_seconds:g} (use --clip-seconds to cut "
-                               f"whole-file clips, or raise --max-window-seconds)")
-    return start, seconds
-
-
 def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> ClipResult:
     params = ctx.params
-    info = media.probe(path, params, ctx.limits)
+    try:
+        info = media.probe(path, params, ctx.limits)
+    except errors.ClipError as exc:
+        raise window_mod.probe_error(exc, path, shown) from None
     if info.audio is None and info.video is None:
         raise errors.ClipError(errors.NO_STREAMS, f"{shown} has no audio or video stream")
     if not params.keep_single_modality:
@@ -158,23 +158,28 @@ def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> Cl
             raise errors.ClipError(errors.NO_AUDIO, f"{shown} has no audio stream")
         if info.video is None:
             raise errors.ClipError(errors.NO_VIDEO, f"{shown} has no video stream")
-    start, seconds = _window(task, info, params)
+    window = window_mod.choose(task.start, task.end, info, params, shown)
+    start, seconds = window.start, window.seconds
     available = seconds if info.duration is None else min(seconds, info.duration - start)
     indices: list[int] = []
     if info.video is not None:
         whole = start == 0 and (task.end is None or
-                                (info.duration is not None and task.end >= info.duration))
+                                (info.duration is not None and seconds >= info.duration))
         total = frames_mod.frame_total(info.video.fps, available,
                                        info.video.nb_frames if whole else None)
         indices = frames_mod.frame_indices(total, params.num_frames)
-    decoded = media.decode_window(path, info, start=start, seconds=seconds,
-                                  frame_indices=sorted(set(indices)),
+    asked = sorted(set(indices))
+    decoded = media.decode_window(path, info, start=start, seconds=seconds, frame_indices=asked,
                                   want_audio=info.audio is not None,
                                   want_video=info.video is not None, params=params,
                                   limits=ctx.limits)
+    audio_s, video_s = window_mod.decoded_extents(window, decoded, asked,
+                                                  info.video.fps if info.video else 0.0, shown)
     has_audio = decoded.audio is not None and len(decoded.audio) // 2 >= fbank_mod.MIN_SAMPLES
     has_video = bool(decoded.frames)
     _check_modalities(info, decoded, has_audio, has_video, params, start, seconds)
+    decoded_s, coverage = window_mod.coverage(window, audio_s if has_audio else None,
+                                              video_s if has_video else None, params, shown)
 
     members: list[tuple[str, bytes]] = []
     moments = Moments()
@@ -189,10 +194,12 @@ def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> Cl
                  for rgb in decoded.frames]
         for i, jpeg in enumerate(frames_mod.expand_frames(indices, jpegs)):
             members.append((fmt.frame_suffix(i), jpeg))
-    meta = _metadata(task, ctx, info, shown, fbank_frames, has_audio, has_video)
+    meta = _metadata(task, ctx, info, shown, fbank_frames, has_audio, has_video,
+                     window.source, decoded_s, coverage)
     members.append((fmt.META_SUFFIX, meta))
     return ClipResult(task.row, task.key, task.source_id, shown, fmt.STATUS_OK, None, has_audio,
-                      has_video, tuple(members), moments, decoded.ffmpeg_max_rss_kb)
+                      has_video, tuple(members), moments, decoded.ffmpeg_max_rss_kb, coverage,
+                      window.source)
 
 
 def _check_modalities(info, decoded, has_audio, has_video, params, start, seconds) -> None:
@@ -222,11 +229,13 @@ def _round(value: float | None) -> float | None:
 
 
 def _metadata(task: ClipTask, ctx: ClipContext, info: media.MediaInfo, shown: str,
-              fbank_frames: int, has_audio: bool, has_video: bool) -> bytes:
+              fbank_frames: int, has_audio: bool, has_video: bool, window_source: str,
+              decoded_seconds: float, coverage: float) -> bytes:
     video, audio = info.video, info.audio
     values = {
         "key": task.key, "source_id": task.source_id, "path": shown,
         "start": _round(task.start or 0.0), "end": _round(task.end),
+        "window_source": window_source, "decoded_seconds": decoded_seconds, "coverage": coverage,
         "labels": list(task.labels), "label_indices": list(task.label_indices),
         "fps": _round(video.fps) if video else None, "duration": _round(info.duration),
         "width": video.width if video else None, "height": video.height if video else None,

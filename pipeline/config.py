@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
-from pipeline.manifest import KINDS
+from pipeline.manifest import KINDS, ManifestError
 from pipeline.params import ClipParams, MediaLimits
 from pipeline.plan import PlanParams
 
@@ -41,6 +43,8 @@ class ShardConfig:
     num_tasks: int | None = None
     retry_failed: bool = False
     """Redo the failed rows of committed shards."""
+    allow_missing: bool = False
+    """Go on when none of the first planned rows has its file (else the pre-flight stops)."""
     progress: bool = True
     recycle_after: int = 1000
     """Replace each worker after this many clips (contains leaks)."""
@@ -75,3 +79,39 @@ def resolve_task(index: int | None, count: int | None,
         raise ConfigError(f"--task-index must be in 0..num_tasks-1 (got {index} of {count}); "
                           f"with SLURM use --array=0-{max(count - 1, 0)}")
     return index, count
+
+
+def check_inputs(cfg: ShardConfig) -> None:
+    """The manifest and labels files exist and are readable files (not folders): one-line errors
+    before anything is started."""
+    for path, flag in ((cfg.manifest, "--manifest"), (cfg.labels, "--labels")):
+        if path is None:
+            continue
+        if path.is_dir():
+            hint = " (omit --manifest to take every media file under --videos)" \
+                if flag == "--manifest" else ""
+            raise ConfigError(f"{flag} {path} is a folder; pass the file itself{hint}")
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"{flag} {path}: {exc.strerror}; pass an existing, readable "
+                              f"file") from None
+
+
+@contextmanager
+def utf8_input(path: Path | None, flag: str) -> Iterator[None]:
+    """Turn a UnicodeDecodeError while reading `path` into a one-line ManifestError that says
+    where the first byte that is not UTF-8 is."""
+    try:
+        yield
+    except UnicodeDecodeError:
+        data = path.read_bytes() if path else b""
+        try:
+            data.decode("utf-8")
+            where = ""
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            where = f" (line {line}, byte {exc.start}: {data[exc.start:exc.start + 4]!r})"
+        raise ManifestError(f"{flag} {path} is not UTF-8 text{where}; save it as UTF-8 (e.g. "
+                            f"iconv -f latin1 -t utf-8) and pass that file to {flag}") from None

@@ -2,17 +2,19 @@
 
 Built only from manifest.parquet's metadata and the committed shards' stats files, in shard
 order, with no timestamps: whichever run writes it (the last sharding task, or `avsiam stats`)
-writes the same bytes.
+writes the same bytes. It is written under the folder's dataset lock, from stats read under that
+lock, and only when its bytes change: concurrent runs that both finish write it once.
 """
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
+from pipeline.locks import FolderLocks
+from pipeline.output_files import remove_temps, write_atomic
 from pipeline.plan import Plan
-from pipeline.shard_writer import is_committed, read_stats, temp_path
+from pipeline.shard_writer import committed_stats, identity
 from pipeline.stats import Moments, combine_all
 from shards import format as fmt
 
@@ -21,13 +23,22 @@ def shard_files(out_dir: Path, plan: Plan) -> list[fmt.ShardFiles]:
     return [fmt.ShardFiles.of(out_dir, plan.split, k) for k in range(plan.num_shards)]
 
 
-def all_committed(out_dir: Path, plan: Plan) -> bool:
-    return all(is_committed(files) for files in shard_files(out_dir, plan))
+def committed(out_dir: Path, plan: Plan) -> list[dict] | None:
+    """Every shard's stats in shard order, or None while any shard is not committed (by this
+    plan)."""
+    ident = identity(plan.split, plan.meta["plan_hash"], plan.meta["params_hash"])
+    stats = []
+    for files in shard_files(out_dir, plan):
+        item = committed_stats(files, ident)
+        if item is None:
+            return None
+        stats.append(item)
+    return stats
 
 
-def build(out_dir: Path, plan: Plan, fbank: Moments | None = None) -> dict:
-    """The dataset.json content; `fbank` overrides the moments summed from the stats files."""
-    stats = [read_stats(files) for files in shard_files(out_dir, plan)]
+def build(plan: Plan, stats: list[dict], fbank: Moments | None = None) -> dict:
+    """The dataset.json content from the shards' stats; `fbank` overrides the moments summed
+    from the stats files."""
     failures: Counter = Counter()
     for item in stats:
         failures.update(item["failures"])
@@ -59,16 +70,28 @@ def build(out_dir: Path, plan: Plan, fbank: Moments | None = None) -> dict:
         "params": meta["clip_params"],
         "plan_params": meta["plan_params"],
         "manifest_kind": meta["manifest_kind"],
+        "videos": meta.get("videos"),
         "labels": meta["vocabulary"],
     }
 
 
-def write(out_dir: Path, content: dict) -> Path:
-    """Write dataset.json atomically."""
-    path = Path(out_dir) / fmt.DATASET_JSON
-    temp = temp_path(path).with_name(f"{path.name}.tmp-{os.getpid()}")
-    temp.write_text(json.dumps(content, indent=1) + "\n")
-    with open(temp, "rb+") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
-    return path
+def write_if_complete(out_dir: Path, plan: Plan, fbank: Moments | None = None) -> bool | None:
+    """Write dataset.json if every shard is committed: None if one is not, True if written, False
+    if it already held these bytes. Holds the dataset lock while
+    reading the stats and writing, so a later commit's dataset.json is never overwritten by an
+    older one; unchanged bytes are not rewritten."""
+    out_dir = Path(out_dir)
+    path = out_dir / fmt.DATASET_JSON
+    with FolderLocks(out_dir).dataset():
+        remove_temps(out_dir, {path.name})          # a killed writer's; we hold the lock
+        stats = committed(out_dir, plan)
+        if stats is None:
+            return None
+        data = (json.dumps(build(plan, stats, fbank), indent=1) + "\n").encode()
+        try:
+            unchanged = path.read_bytes() == data
+        except OSError:
+            unchanged = False
+        if not unchanged:
+            write_atomic(path, data)
+    return not unchanged

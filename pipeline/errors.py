@@ -12,6 +12,7 @@ EMPTY_FILE = "empty_file"
 UNREADABLE_FILE = "unreadable_file"
 UNSAFE_PATH = "unsafe_path"
 PROBE_FAILED = "probe_failed"
+UNSUPPORTED_FORMAT = "unsupported_format"      # not one of media.DEMUXERS (playlists, sequences)
 # Stream problems
 NO_STREAMS = "no_streams"
 NO_AUDIO = "no_audio_stream"
@@ -24,7 +25,9 @@ ABSURD_DURATION = "absurd_duration"
 BAD_WINDOW = "bad_window"
 WINDOW_OUTSIDE_FILE = "window_outside_file"
 WINDOW_TOO_LONG = "window_too_long"
+SHORT_WINDOW = "short_window"          # less of the window decoded than --min-coverage asks
 # Decoding problems
+TRUNCATED_FILE = "truncated_file"      # the container claims more than ffmpeg could decode
 DECODE_FAILED = "decode_failed"
 TIMEOUT = "timeout"
 OUTPUT_TOO_LARGE = "output_too_large"

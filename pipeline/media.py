@@ -6,11 +6,17 @@ seeks to the window (-ss/-t on the input) and writes two outputs at once: the wi
 (16 kHz, `-ac 1` downmix, s16le) on one pipe and the selected frames, already scaled (short side,
 bicubic) and centre-cropped inside the filter graph, as rgb24 on stdout. Every call is bounded in
 time, output bytes and memory (`pipeline.bounded_process`); failures raise `ClipError` with a code.
+
+Every call reads only the file it is given: its input may use only the `file` protocol and one of
+the media demuxers in `DEMUXERS` (outputs only `pipe`), so a playlist named like a video (HLS,
+concat/ffconcat, SDP) or an image sequence, which would make ffmpeg open other files or URLs, is
+refused as `unsupported_format` before anything is read through it.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -22,6 +28,12 @@ from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessResult
                                       run_bounded)
 from pipeline.params import SAMPLE_RATE, ClipParams, MediaLimits
 
+DEMUXERS = ("mov", "matroska", "avi", "flv", "mpegts", "wav", "mp3", "flac", "ogg", "aac")
+"""ffmpeg demuxers accepted (`mov` covers mp4/m4a/3gp, `matroska` covers webm)."""
+INPUT_GUARD = {"protocol_whitelist": "file", "format_whitelist": ",".join(DEMUXERS)}
+OUTPUT_GUARD = {"protocol_whitelist": "pipe"}
+_REFUSED = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist|"
+                      r"Protocol '([^']*)' not on whitelist")
 FALLBACK_FPS = 25.0
 _MAX_SANE_FPS = 240.0
 _AUDIO = "audio"
@@ -35,6 +47,7 @@ class VideoStream:
     fps: float          # rate used to index frames (avg_frame_rate, else r_frame_rate, else 25)
     nb_frames: int | None
     rotation: int
+    duration: float | None = None   # what the stream claims (None: unknown, e.g. Matroska)
 
 
 @dataclass(frozen=True)
@@ -42,6 +55,7 @@ class AudioStream:
     index: int
     rate: int
     channels: int
+    duration: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +70,7 @@ class Decoded:
     audio: bytes | None          # s16le mono at SAMPLE_RATE (None when not requested)
     frames: list[bytes]          # rgb24 frame_size x frame_size, one per selected index, in order
     ffmpeg_max_rss_kb: int
+    stderr: str = ""             # the end of ffmpeg's messages (e.g. "partial file")
 
 
 def _input_url(path: Path) -> str:
@@ -81,8 +96,17 @@ def _run_tool(tool: str, build, *, outputs: dict[str, int], timeout_s: float, li
     except OutputLimitExceeded as exc:
         raise errors.ClipError(errors.OUTPUT_TOO_LARGE, f"{tool} {exc}")
     if result.returncode != 0:
+        refused = _REFUSED.search(result.stderr_tail)
+        if refused:
+            raise _unsupported(tool, refused.group(1) or f"{refused.group(2)} protocol")
         raise errors.ClipError(failure, f"{tool} exit {result.returncode}: {_last_lines(result.stderr_tail)}")
     return result
+
+
+def _unsupported(tool: str, what: str) -> errors.ClipError:
+    return errors.ClipError(errors.UNSUPPORTED_FORMAT,
+                            f"{tool} refused {what}: accepted are the media containers "
+                            f"{', '.join(DEMUXERS)}, never playlists or image sequences")
 
 
 def _ratio(text: str | None) -> float:
@@ -111,7 +135,8 @@ def _rotation(stream: dict) -> int:
 
 def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
     """Streams, dimensions and duration of `path`, checked against the limits."""
-    command = ["ffprobe", "-v", "error", "-show_format", "-show_streams", "-of", "json",
+    guard = [arg for name, value in INPUT_GUARD.items() for arg in (f"-{name}", value)]
+    command = ["ffprobe", "-v", "error", *guard, "-show_format", "-show_streams", "-of", "json",
                _input_url(path)]
     result = _run_tool("ffprobe", lambda urls: command, outputs={STDOUT: limits.probe_max_bytes},
                        timeout_s=limits.probe_timeout_s, limits=limits, failure=errors.PROBE_FAILED,
@@ -124,6 +149,9 @@ def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
 
 
 def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:
+    demuxer = str((data.get("format") or {}).get("format_name") or "")
+    if not set(demuxer.split(",")) & set(DEMUXERS):
+        raise _unsupported("ffprobe", demuxer or "an unknown format")
     streams = data.get("streams") or []
     duration = _float((data.get("format") or {}).get("duration"))
     audio = video = None
@@ -133,7 +161,8 @@ def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:
             rate = int(_float(stream.get("sample_rate")) or 0)
             channels = int(stream.get("channels") or 0)
             if rate > 0 and channels > 0:
-                audio = AudioStream(int(stream["index"]), rate, channels)
+                audio = AudioStream(int(stream["index"]), rate, channels,
+                                    _float(stream.get("duration")))
         elif kind == "video" and video is None:
             if (stream.get("disposition") or {}).get("attached_pic"):
                 continue  # cover art, not a video
@@ -161,7 +190,8 @@ def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
     rates = (_ratio(stream.get("avg_frame_rate")), _ratio(stream.get("r_frame_rate")))
     fps = next((f for f in rates if 0 < f <= _MAX_SANE_FPS), FALLBACK_FPS)
     nb = _float(stream.get("nb_frames"))
-    return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation)
+    return VideoStream(int(stream["index"]), width, height, fps, int(nb) if nb else None, rotation,
+                       _float(stream.get("duration")))
 
 
 def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
@@ -174,7 +204,7 @@ def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
     input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
     if start > 0:
         input_args["ss"] = f"{start:.6f}"
-    source = ffmpeg.input(_input_url(path), **input_args)
+    source = ffmpeg.input(_input_url(path), **INPUT_GUARD, **input_args)
     nodes = []
     if video_url is not None:
         chosen = "+".join(f"eq(n,{i})" for i in frame_indices)
@@ -185,16 +215,24 @@ def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
                  .filter("scale", short[0], short[1], flags="bicubic")
                  .filter("crop", size, size))
         nodes.append(ffmpeg.output(video, video_url, format="rawvideo", pix_fmt="rgb24",
-                                   vsync="passthrough", threads=1, flush_packets=0))
+                                   vsync="passthrough", threads=1, flush_packets=0,
+                                   **OUTPUT_GUARD))
     if audio_url is not None:
         # flush_packets 0: 32 KB writes instead of one per audio packet (fewer wake-ups)
         nodes.append(ffmpeg.output(source[str(info.audio.index)], audio_url, format="s16le",
-                                   acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, flush_packets=0))
+                                   acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, flush_packets=0,
+                                   **OUTPUT_GUARD))
     command = ffmpeg.merge_outputs(*nodes).compile()
     command[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
     if limits.ffmpeg_threads > 0:
         command[1:1] = ["-filter_complex_threads", str(limits.ffmpeg_threads)]
     return command
+
+
+def audio_limit_bytes(seconds: float) -> int:
+    """Most bytes of decoded audio accepted for a window of `seconds` (s16 mono at SAMPLE_RATE; a
+    second of slack for codec padding, and 64 KiB): more fails the row as output_too_large."""
+    return int(math.ceil((seconds + 1.0) * SAMPLE_RATE)) * 2 + 65536
 
 
 def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
@@ -205,7 +243,7 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
     size = params.frame_size
     outputs: dict[str, int] = {}
     if want_audio:
-        outputs[_AUDIO] = int(math.ceil((seconds + 1.0) * SAMPLE_RATE)) * 2 + 65536
+        outputs[_AUDIO] = audio_limit_bytes(seconds)
     if want_video:
         outputs[STDOUT] = len(frame_indices) * size * size * 3
 
@@ -221,4 +259,4 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
     frame_bytes = size * size * 3
     frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
     return Decoded(audio=result.outputs.get(_AUDIO) if want_audio else None, frames=frames,
-                   ffmpeg_max_rss_kb=result.max_rss_kb)
+                   ffmpeg_max_rss_kb=result.max_rss_kb, stderr=result.stderr_tail)

@@ -22,8 +22,11 @@ from dataclasses import asdict, dataclass
 
 from shards import format as fmt
 
-PIPELINE_VERSION = "1.0"
+PIPELINE_VERSION = "1.1"
 SAMPLE_RATE = 16000
+SEGMENT_MODES = ("auto", "full", "cut")
+CUT_TOLERANCE_S = 1.5
+"""`--segments auto` takes a file as already cut when its duration is this close to the window."""
 # The CAV-MAE fbank arguments (torchaudio.compliance.kaldi.fbank), fixed by the format.
 FBANK_ARGS = dict(htk_compat=True, sample_frequency=SAMPLE_RATE, use_energy=False,
                   window_type="hanning", num_mel_bins=fmt.NUM_MEL_BINS, dither=0.0, frame_shift=10)
@@ -58,6 +61,13 @@ class ClipParams:
     """Largest width or height accepted."""
     max_source_seconds: float = 48 * 3600.0
     """Longest file duration accepted (what the container claims)."""
+    segments: str = "auto"
+    """How a manifest window is taken from its file: "full" seeks the window inside the file,
+    "cut" takes the file as the segment itself (decoded from 0), "auto" decides per file from its
+    duration (see pipeline.window)."""
+    min_coverage: float = 0.5
+    """Least fraction of the asked window that must be decoded; a shorter window fails its row
+    as short_window (a longer one is kept, its coverage recorded)."""
 
     def __post_init__(self) -> None:
         _check(1 <= self.num_frames <= fmt.MAX_FRAMES,
@@ -71,11 +81,16 @@ class ClipParams:
                f"max_window_seconds must be in (0, 86400], got {self.max_window_seconds}")
         _check(self.max_pixels > 0 and self.max_side > 0, "max_pixels and max_side must be > 0")
         _check(self.max_source_seconds > 0, "max_source_seconds must be > 0")
+        _check(self.segments in SEGMENT_MODES,
+               f"segments must be one of {', '.join(SEGMENT_MODES)}, got {self.segments!r}")
+        _check(0 < self.min_coverage <= 1,
+               f"min_coverage must be in (0, 1], got {self.min_coverage}")
 
     def as_dict(self) -> dict:
         """All output-affecting values, including the fixed audio and fbank settings."""
         out = asdict(self)
-        out.update(sample_rate=SAMPLE_RATE, audio_channels=1, fbank=dict(FBANK_ARGS),
+        out.update(cut_tolerance_seconds=CUT_TOLERANCE_S, sample_rate=SAMPLE_RATE,
+                   audio_channels=1, fbank=dict(FBANK_ARGS),
                    frame_filter="scale short side bicubic + centre crop (ffmpeg)",
                    format_version=fmt.FORMAT_VERSION, pipeline_version=PIPELINE_VERSION)
         return out

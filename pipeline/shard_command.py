@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import shutil
 import signal
 import sys
 
+from pipeline.errors import MISSING_FILE
 from pipeline.manifest import KINDS
-from pipeline.params import ClipParams, MediaLimits
+from pipeline.params import CUT_TOLERANCE_S, SEGMENT_MODES, ClipParams, MediaLimits
 from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
 from shards import format as fmt
 
@@ -19,23 +21,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inputs.add_argument("--manifest-format", choices=KINDS, default="auto")
     inputs.add_argument("--labels", help="class_labels_indices.csv (or one label per line); "
                         "default: the sorted labels of the manifest")
-    inputs.add_argument("--videos", required=True, help="folder of media files")
+    inputs.add_argument("--videos", required=True, help="folder of media files; every file a "
+                        "row names must lie in it ('/' allows any absolute path)")
     inputs.add_argument("--template", default="{ytid}",
                         help="file name under --videos: {ytid} {id} {start} {end} {start_ms} "
                         "{end_ms}, e.g. '{ytid}_{start:06d}.mp4'")
     inputs.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
                         help="extensions tried in order")
     inputs.add_argument("--select-split", help="keep only rows of this manifest split "
-                        "(VGGSound: train or test)")
+                        "(VGGSound: train or test; required there, 'all' keeps both)")
     inputs.add_argument("--clip-seconds", type=float,
                         help="window length for rows without an end (default: whole file)")
+    inputs.add_argument("--segments", choices=SEGMENT_MODES, default="auto",
+                        help="full: files are whole videos, the manifest window is seeked in "
+                        "them; cut: each file is already its segment (decoded from 0); auto: "
+                        f"per file, cut when its duration is within {CUT_TOLERANCE_S:g} s of the "
+                        "window length (or shorter than the window), else seek")
+    inputs.add_argument("--min-coverage", type=float, default=ClipParams().min_coverage,
+                        help="least fraction of a window that must decode; shorter windows fail "
+                        "as short_window, longer ones are kept with their coverage recorded")
+    inputs.add_argument("--allow-missing", action="store_true",
+                        help="go on even when none of the first rows has its file under --videos")
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, help="output folder (one per split)")
     output.add_argument("--split", default="train", help="split name in shard file names")
     output.add_argument("--samples-per-shard", type=int, default=1000)
     output.add_argument("--max-shard-bytes", type=int, default=2 << 30,
-                        help="hard cap per tar, planned with worst-case sample sizes")
+                        help="hard cap per tar, planned with true worst-case sample sizes "
+                        "(a row that alone could pass it is refused, naming the bound)")
     output.add_argument("--num-frames", type=int, default=fmt.DEFAULT_NUM_FRAMES)
     output.add_argument("--frame-size", type=int, default=fmt.DEFAULT_FRAME_SIZE)
     output.add_argument("--jpeg-quality", type=int, default=90)
@@ -77,7 +91,8 @@ def config_from_args(args: argparse.Namespace):
                       jpeg_quality=args.jpeg_quality,
                       keep_single_modality=args.keep_single_modality,
                       max_window_seconds=args.max_window_seconds, max_pixels=args.max_pixels,
-                      max_source_seconds=args.max_source_hours * 3600)
+                      max_source_seconds=args.max_source_hours * 3600,
+                      segments=args.segments, min_coverage=args.min_coverage)
     limits = MediaLimits(probe_timeout_s=args.probe_timeout, decode_timeout_s=args.decode_timeout,
                          ffmpeg_threads=args.ffmpeg_threads,
                          ffmpeg_memory_mb=args.ffmpeg_memory_mb)
@@ -86,7 +101,10 @@ def config_from_args(args: argparse.Namespace):
                        select_split=args.select_split, plan=plan, clip=clip, limits=limits,
                        workers=args.workers or default_workers(), task_index=args.task_index,
                        num_tasks=args.num_tasks, retry_failed=args.retry_failed,
-                       progress=not args.no_progress)
+                       allow_missing=args.allow_missing, progress=not args.no_progress)
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
 
 
 def _exit_on_term(signum, frame) -> None:
@@ -98,8 +116,10 @@ def main(args: argparse.Namespace) -> int:
     from pipeline.config import ConfigError
     from pipeline.labels import LabelsError
     from pipeline.manifest import ManifestError
+    from pipeline.output_files import OutputError
     from pipeline.params import ParamsError
     from pipeline.plan import PlanMismatch
+    from pipeline.preflight import PreflightError
     from pipeline.runner import run
 
     missing = [tool for tool in ("ffmpeg", "ffprobe") if shutil.which(tool) is None]
@@ -115,8 +135,14 @@ def main(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGTERM, _exit_on_term)  # SLURM's warning, scancel
     try:
         summary = run(config_from_args(args))
-    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch) as exc:
+    except (ConfigError, LabelsError, ManifestError, ParamsError, PlanMismatch,
+            PreflightError, OutputError) as exc:
         print(f"avsiam shard: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        if exc.errno not in _DISK_ERRORS:
+            raise
+        print(f"avsiam shard: {OutputError(exc.filename or args.out, exc)}", file=sys.stderr)
         return 2
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -124,4 +150,23 @@ def main(args: argparse.Namespace) -> int:
         "other shards still to do (other tasks, or re-run)"
     print(f"avsiam shard: {summary.shards_written} shard(s) written, {summary.shards_skipped} "
           f"already committed; {summary.ok} ok, {summary.failed} failed rows this run; {done}")
+    return _report_totals(summary.task_totals, args)
+
+
+def _report_totals(totals: dict, args: argparse.Namespace) -> int:
+    """Print the missing-file fraction of this task's shards; 1 when none of their rows is ok."""
+    rows, failures = totals["rows"], totals["failures"]
+    if not rows:
+        return 0
+    whose = "" if totals["num_tasks"] == 1 else " of this task's shards"
+    missing = failures.get(MISSING_FILE, 0)
+    others = ", ".join(f"{code} {n}" for code, n in failures.most_common() if code != MISSING_FILE)
+    print(f"avsiam shard: missing files: {missing} of {rows} rows{whose} "
+          f"({100 * missing / rows:.1f}%; AudioSet and VGGSound downloads typically miss 15-20%)"
+          + (f"; other failures: {others}" if others else ""))
+    if totals["ok"] == 0:
+        print(f"avsiam shard: none of the {rows} rows{whose} became a sample; each row's reason "
+              f"is in the records {args.out}/*.parquet (fix the inputs, then re-run with "
+              f"--retry-failed)", file=sys.stderr)
+        return 1
     return 0

@@ -1,10 +1,13 @@
-"""Write one shard deterministically and commit it atomically.
+"""Write one shard deterministically and commit it atomically; only the holder of the shard's lock
+does either.
 
 Results arrive in any order; the writer puts samples into the tar in plan-row order, with fixed
 member order and fixed headers (mtime 0, uid/gid 0, no owner names, mode 0644), so the same input
 gives the same bytes whatever the number of workers. Commit: tar and record are written under
-temporary names, fsynced and renamed; the stats file is renamed into place LAST and marks the shard
-committed. A shard without its stats file is partial and is redone from scratch.
+temporary names unique to this writer (`pipeline.output_files`), fsynced and renamed; the stats
+file is renamed into place LAST and marks the shard committed. A shard is committed only if its
+stats file reads back whole and its tar and record are there with the recorded size
+(`committed_stats`); any other shard is partial and is redone from scratch.
 """
 from __future__ import annotations
 
@@ -23,47 +26,49 @@ import pyarrow.parquet as pq
 
 from pipeline.clip import ClipResult
 from pipeline.errors import reason_code
+from pipeline.locks import FileLock
+from pipeline.output_files import fsync_dir, remove_temps, temp_path, write_atomic, writing
 from pipeline.params import PIPELINE_VERSION
 from pipeline.stats import Moments, sample_moments
 from shards import format as fmt
 
-_TEMP = ".tmp"
 RECORD_SCHEMA = pa.schema([("row", pa.int64()), ("key", pa.string()), ("source_id", pa.string()),
                            ("path", pa.string()), ("status", pa.string()), ("reason", pa.string()),
-                           ("has_audio", pa.bool_()), ("has_video", pa.bool_())])
+                           ("has_audio", pa.bool_()), ("has_video", pa.bool_()),
+                           ("coverage", pa.float64()), ("window_source", pa.string())])
 assert tuple(RECORD_SCHEMA.names) == fmt.RECORD_COLUMNS
 
 
-def temp_path(path: Path) -> Path:
-    return path.with_name(path.name + _TEMP)
+def shard_names(files: fmt.ShardFiles) -> set[str]:
+    return {files.tar.name, files.record.name, files.stats.name}
 
 
-def is_committed(files: fmt.ShardFiles) -> bool:
-    return files.stats.exists()
+def committed_stats(files: fmt.ShardFiles, identity: dict | None = None) -> dict | None:
+    """The stats of a committed shard, or None when the shard is not committed: no stats file, one
+    that does not parse (0 bytes, cut off) or lacks fields, another plan's (`identity`), or a tar
+    or record that is missing or whose size is not the recorded one (deleted, truncated or
+    replaced after the commit)."""
+    try:
+        stats = json.loads(files.stats.read_bytes())
+        if not isinstance(stats, dict) or not set(fmt.STATS_FIELDS) <= set(stats):
+            return None
+        if identity and any(stats[k] != v for k, v in identity.items()):
+            return None
+        if files.tar.stat().st_size != stats["tar_bytes"] or files.record.stat().st_size == 0:
+            return None
+    except (OSError, ValueError, TypeError):
+        return None
+    return stats
 
 
 def remove_leftovers(files: fmt.ShardFiles) -> None:
-    """Delete a partial shard's files (the stats file must already be absent)."""
-    for path in (files.tar, files.record, temp_path(files.tar), temp_path(files.record),
-                 temp_path(files.stats)):
-        path.unlink(missing_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    temp = temp_path(path)
-    with open(temp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    """Delete a partial shard's files and every writer's temporary files of it; the caller holds
+    the shard's lock (so no live writer owns them)."""
+    with writing(files.stats):
+        files.stats.unlink(missing_ok=True)
+        for path in (files.tar, files.record):
+            path.unlink(missing_ok=True)
+        remove_temps(files.tar.parent, shard_names(files))
 
 
 class _HashingFile(io.RawIOBase):
@@ -106,26 +111,36 @@ class Reused:
     path: str | None
     has_audio: bool
     has_video: bool
+    coverage: float | None = None
+    window_source: str | None = None
 
 
 class ShardWriter:
-    """Collects the results of one shard's rows and writes them in row order."""
+    """Collects the results of one shard's rows and writes them in row order; `lock` is the
+    shard's lock, held by this process from before the writer opens until after it commits."""
 
     def __init__(self, files: fmt.ShardFiles, shard: int, rows: list[tuple[int, str]],
-                 identity: dict, reuse: dict[int, Reused] | None = None):
-        self.files, self.shard, self.identity = files, shard, identity
+                 identity: dict, lock: FileLock, reuse: dict[int, Reused] | None = None):
+        lock.check()
+        self.files, self.shard, self.identity, self.lock = files, shard, identity, lock
         self._rows = rows                              # (row, key) in plan order
         self._pending: dict[int, ClipResult | Reused] = dict(reuse or {})
         self._next = 0
         self._old = tarfile.open(files.tar, "r") if reuse else None
         self._old_members = iter(self._old) if self._old else None
-        self._raw = open(temp_path(files.tar), "wb")
+        self._temp = temp_path(files.tar)
+        with writing(files.tar):
+            self._raw = open(self._temp, "xb")
         self._hashing = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hashing, mode="w", format=tarfile.PAX_FORMAT)
         self._records: list[dict] = []
         self._moments = Moments()
         self._failures: Counter = Counter()
-        self._flush()
+        try:
+            self._flush()
+        except BaseException:
+            self.abort()
+            raise
 
     @property
     def complete(self) -> bool:
@@ -142,6 +157,10 @@ class ShardWriter:
         self._flush()
 
     def _flush(self) -> None:
+        with writing(self.files.tar):       # a full disk: one line naming the shard
+            self._write_ready()
+
+    def _write_ready(self) -> None:
         while self._next < len(self._rows) and self._rows[self._next][0] in self._pending:
             row, key = self._rows[self._next]
             item = self._pending.pop(row)
@@ -162,7 +181,8 @@ class ShardWriter:
             self._failures[reason_code(result.reason)] += 1
         self._records.append(dict(row=result.row, key=result.key, source_id=result.source_id,
                                   path=result.path, status=result.status, reason=result.reason,
-                                  has_audio=result.has_audio, has_video=result.has_video))
+                                  has_audio=result.has_audio, has_video=result.has_video,
+                                  coverage=result.coverage, window_source=result.window_source))
 
     def _copy_old(self, item: Reused) -> None:
         """Copy a kept sample's members from the old tar (which holds samples in row order)."""
@@ -182,34 +202,42 @@ class ShardWriter:
                                f"tar")
         self._records.append(dict(row=item.row, key=item.key, source_id=item.source_id,
                                   path=item.path, status=fmt.STATUS_OK, reason=None,
-                                  has_audio=item.has_audio, has_video=item.has_video))
+                                  has_audio=item.has_audio, has_video=item.has_video,
+                                  coverage=item.coverage, window_source=item.window_source))
 
     def commit(self) -> dict:
-        """Finish the tar, write the record, then the stats file (the commit marker)."""
+        """Finish the tar, write the record, then the stats file (the commit marker). Only while
+        this process still holds the shard's lock."""
         assert self.complete, "commit() before every row arrived"
-        self._tar.close()
-        self._raw.flush()
-        os.fsync(self._raw.fileno())
-        self._raw.close()
+        with writing(self.files.tar):
+            self._tar.close()
+            self._raw.flush()
+            os.fsync(self._raw.fileno())
+            self._raw.close()
         if self._old is not None:
             self._old.close()
-        os.replace(temp_path(self.files.tar), self.files.tar)
+        self.lock.check()
+        with writing(self.files.tar):
+            os.replace(self._temp, self.files.tar)
         record = pa.Table.from_pylist(self._records, schema=RECORD_SCHEMA)
         sink = pa.BufferOutputStream()
         pq.write_table(record, sink)
-        _write_atomic(self.files.record, sink.getvalue().to_pybytes())
+        write_atomic(self.files.record, sink.getvalue().to_pybytes())
         stats = self._stats()
-        _write_atomic(self.files.stats, (json.dumps(stats, indent=1) + "\n").encode())
+        write_atomic(self.files.stats, (json.dumps(stats, indent=1) + "\n").encode())
         fsync_dir(self.files.stats.parent)
         return stats
 
     def abort(self) -> None:
-        for handle in (self._tar, self._raw, self._old):
+        """Close everything and delete this writer's temporary tar (frees the space at once; the
+        shard stays uncommitted and is redone by the next run)."""
+        for handle in (self._raw, self._old):
             try:
                 if handle is not None:
                     handle.close()
             except (OSError, ValueError):
                 pass
+        self._temp.unlink(missing_ok=True)
 
     def _stats(self) -> dict:
         ok = [r for r in self._records if r["status"] == fmt.STATUS_OK]
@@ -230,10 +258,6 @@ class ShardWriter:
         }
         assert tuple(stats) == fmt.STATS_FIELDS, "stats fields drifted from shards.format"
         return stats
-
-
-def read_stats(files: fmt.ShardFiles) -> dict:
-    return json.loads(files.stats.read_text())
 
 
 def identity(split: str, plan_hash: str, params_hash: str) -> dict:

@@ -20,8 +20,8 @@ def main(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from pipeline import dataset_json
+    from pipeline.output_files import OutputError
     from pipeline.plan import PlanMismatch, read_plan
-    from pipeline.shard_writer import read_stats
     from pipeline.stats import Moments, combine_all, shard_moments
 
     out = Path(args.out)
@@ -32,10 +32,12 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     files = dataset_json.shard_files(out, plan)
-    missing = [f.stats.name for f in files if not f.stats.exists()]
-    if missing:
+    stats = dataset_json.committed(out, plan)
+    if stats is None:
+        from pipeline.shard_writer import committed_stats
+        missing = [f.stats.name for f in files if committed_stats(f) is None]
         print(f"avsiam stats: {len(missing)} shard(s) not committed (e.g. {missing[0]}); finish "
-              f"`avsiam shard` first", file=sys.stderr)
+              f"`avsiam shard` first (a re-run redoes them)", file=sys.stderr)
         return 2
     tars = [str(f.tar) for f in files]
     if args.workers > 1:
@@ -43,10 +45,17 @@ def main(args: argparse.Namespace) -> int:
             per_shard = list(pool.map(shard_moments, tars))
     else:
         per_shard = [shard_moments(t) for t in tars]
-    mismatched = [f.tar.name for f, m in zip(files, per_shard)
-                  if Moments.from_dict(read_stats(f)["fbank"]) != m]
+    mismatched = [f.tar.name for f, item, m in zip(files, stats, per_shard)
+                  if Moments.from_dict(item["fbank"]) != m]
     total = combine_all(per_shard)
-    dataset_json.write(out, dataset_json.build(out, plan, fbank=total))
+    try:
+        if dataset_json.write_if_complete(out, plan, fbank=total) is None:
+            print(f"avsiam stats: a shard of {out} was un-committed meanwhile (a run with "
+                  f"--retry-failed?); run `avsiam stats` again when it is done", file=sys.stderr)
+            return 2
+    except OutputError as exc:
+        print(f"avsiam stats: {exc}", file=sys.stderr)
+        return 2
     print(f"avsiam stats: fbank mean {total.mean:.6f}, std {total.std:.6f} over {total.count} "
           f"values in {len(tars)} shards -> {out / 'dataset.json'}")
     if mismatched:

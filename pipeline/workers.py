@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 
 from pipeline import errors
+from pipeline.bounded_process import FORKSERVER_PARENT_ENV
 from pipeline.clip import ClipContext, ClipResult, ClipTask, process_clip, warm_up
 
-_PRELOAD = ["pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
+_PRELOAD = ["pipeline.forkserver_guard", "pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ def _own_hwm_kb() -> int:
 def _worker_main(conn: Connection, context: ClipContext) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
     os.setpgid(0, 0)  # own process group with its ffmpeg children: killed together on timeout
+    _die_with_main_process(conn)
     warm_up()
     conn.send(("ready", _own_hwm_kb()))
     while True:
@@ -85,6 +87,31 @@ def _worker_main(conn: Connection, context: ClipContext) -> None:
             conn.send(("result", tag, result, _own_hwm_kb(), _cpu_s()))
         except (BrokenPipeError, OSError):
             return
+
+
+def _die_with_main_process(conn: Connection) -> None:
+    """SIGKILL this worker's process group (itself and its ffmpeg) as soon as the main process's
+    end of `conn` closes, i.e. when the main process ends in any way, SIGKILL included.
+
+    A worker lives in a process group of its own (so a timeout kills it with its ffmpeg), so
+    `kill -9 -- -PGID` of the job does not reach it, and its parent is the forkserver, which lives
+    as long as any worker does: neither a group kill nor a parent-death signal would end it. A
+    thread waits for the hang-up of the connection instead (poll for POLLRDHUP reads nothing, so
+    the main thread's messages are untouched)."""
+    import select
+    import threading
+
+    def watch() -> None:
+        poller = select.poll()
+        poller.register(conn.fileno(), select.POLLRDHUP)
+        while True:
+            for _, event in poller.poll():
+                if event & (select.POLLRDHUP | select.POLLHUP | select.POLLERR):
+                    os.killpg(0, signal.SIGKILL)
+                if event & select.POLLNVAL:     # the worker closed its end: it is exiting
+                    return
+
+    threading.Thread(target=watch, name="die-with-main-process", daemon=True).start()
 
 
 @dataclass
@@ -108,6 +135,7 @@ class WorkerPool:
     usage: ResourceUse = field(default_factory=ResourceUse)
 
     def __post_init__(self) -> None:
+        os.environ[FORKSERVER_PARENT_ENV] = str(os.getpid())   # its forkserver dies with it
         self._mp = mp.get_context("forkserver")
         self._mp.set_forkserver_preload(_PRELOAD)
         self._workers: list[_Worker] = []

@@ -134,6 +134,10 @@ META_FIELDS = (
     "source_id",       # YTID / file stem / manifest id
     "path",            # media file the sample came from, relative to --videos when possible
     "start", "end",    # clip window in seconds within the source file (end None = to the end)
+    "window_source",   # "seek" (the window was seeked in a full-length file) | "cut" (the file
+                       # is the segment: decoded from 0)
+    "decoded_seconds", # seconds actually decoded (the shorter of the stored modalities)
+    "coverage",        # decoded_seconds / seconds the window asks for, at most 1
     "labels",          # list of label ids (AudioSet mids / VGGSound label strings)
     "label_indices",   # list of int indices into the label vocabulary
     "fps", "duration", "width", "height",        # of the source video stream (duration of file)
@@ -153,6 +157,8 @@ RECORD_COLUMNS = (
     "status",       # "ok" | "failed"
     "reason",       # str | None: precise failure reason
     "has_audio", "has_video",   # bool: modalities present in the written sample
+    "coverage",     # float | None: decoded / asked seconds of the window (ok and short_window rows)
+    "window_source",  # str | None: "seek" | "cut", once the row's window was chosen
 )
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"

@@ -30,8 +30,11 @@ def clips(tmp_path_factory):
     d = tmp_path_factory.mktemp("hostile")
     make_clip(d / "ok.mp4", seconds=1.0)
     os.mkfifo(d / "blocks.mp4")
-    # claims 20000x10000 pixels in a 60-byte file
-    (d / "huge.y4m").write_bytes(b"YUV4MPEG2 W20000 H10000 F25:1 Ip A1:1 C420jpeg\nFRAME\nabcdefgh")
+    # claims 20000x10000 pixels in an 8 KB AVI (one 56x40 raw frame, headers patched)
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:s=56x40:r=1", "-frames:v", "1", "-c:v", "rawvideo",
+           "-pix_fmt", "gray", str(d / "small.avi"))
+    (d / "huge.avi").write_bytes((d / "small.avi").read_bytes().replace(
+        struct.pack("<ii", 56, 40), struct.pack("<ii", 20000, 10000)))
     # a 1-s Matroska file whose header claims 1e9 seconds
     make_clip(d / "short.mkv", seconds=1.0)
     data = bytearray((d / "short.mkv").read_bytes())
@@ -81,7 +84,7 @@ def test_output_of_a_child_is_bounded_and_the_child_killed():
 
 
 def test_absurd_dimensions_and_durations_fail_before_decoding(clips):
-    huge = process_clip(_task("huge.y4m"), _ctx(clips, keep_single_modality=True))
+    huge = process_clip(_task("huge.avi"), _ctx(clips, keep_single_modality=True))
     assert huge.reason.startswith("absurd_dimensions: video stream claims 20000x10000")
     long = process_clip(_task("claims_long.mkv"), _ctx(clips))
     assert long.reason.startswith("absurd_duration: file claims 1000000000.0 s")
@@ -185,9 +188,107 @@ def test_4k_clip_and_two_hour_file_decode_within_bounded_memory(tmp_path):
     assert [r["status"] for r in record] == ["ok", "ok", "failed"], record
     assert record[2]["reason"].startswith("window_too_long: window of 7200.")
     log = (out / "logs" / "shard-task0000-of-0001.jsonl").read_text().splitlines()
-    memory = json.loads(log[-1])["resources"]
+    memory = next(json.loads(line)["resources"] for line in log if '"summary"' in line)
     full_frames_kb = 10 * 3840 * 2160 * 3 // 1024           # 243 MiB of raw 4K frames
     two_hour_audio_kb = 7200 * 16000 * 2 // 1024              # 225 MiB of 16 kHz s16
     growth = memory["worker_peak_kb"] - memory["worker_base_kb"]
     assert 0 < growth < 64 * 1024 < min(full_frames_kb, two_hour_audio_kb) // 3, memory
     assert 0 < memory["ffmpeg_peak_kb"] < 400 * 1024, memory
+
+
+# --- ffmpeg reads only the file it is given (issue 14) ------------------------------------------
+@pytest.fixture(scope="module")
+def playlists(tmp_path_factory):
+    """Files named like videos under videos/ that would make ffmpeg read other files: an HLS
+    playlist of a clip outside videos/, one of a FIFO, an ffconcat list, an SDP description and a
+    PNG image (an image sequence of one)."""
+    root = tmp_path_factory.mktemp("playlists")
+    videos = root / "videos"
+    secret = make_clip(root / "outside" / "secret.mp4", seconds=1.0)
+    os.mkfifo(root / "outside" / "stalls.ts")
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1.0,\nfile:{}\n#EXT-X-ENDLIST\n"
+    videos.mkdir()
+    (videos / "hls.mp4").write_text(hls.format(secret))
+    (videos / "hls_fifo.mp4").write_text(hls.format(root / "outside" / "stalls.ts"))
+    (videos / "list.mp4").write_text(f"ffconcat version 1.0\nfile {secret}\n")
+    (videos / "stream.mkv").write_text("v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\ns=x\r\n"
+                                       "c=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 5004 RTP/AVP 0\r\n")
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=s=64x48", "-frames:v", "1", str(root / "frame.png"))
+    (videos / "image.mp4").write_bytes((root / "frame.png").read_bytes())
+    return videos
+
+
+@pytest.mark.parametrize("name, refused", [("hls.mp4", "hls"), ("hls_fifo.mp4", "hls"),
+                                           ("list.mp4", "concat"), ("stream.mkv", "sdp"),
+                                           ("image.mp4", "png_pipe")])
+def test_playlists_and_image_sequences_are_refused(playlists, name, refused):
+    began = time.monotonic()
+    result = process_clip(_task(name), _ctx(playlists))
+    assert result.status == fmt.STATUS_FAILED and result.members == ()
+    assert result.reason.startswith(f"unsupported_format: ffprobe refused {refused}: accepted "
+                                    f"are the media containers mov, matroska"), result.reason
+    assert time.monotonic() - began < 4          # refused at once, not after the probe timeout
+    # the decode is guarded on its own too (were a probe ever fooled)
+    info = media.MediaInfo(duration=1.0, audio=media.AudioStream(0, 16000, 1), video=None)
+    with pytest.raises(errors.ClipError) as error:
+        media.decode_window(playlists / name, info, start=0.0, seconds=1.0, frame_indices=[],
+                            want_audio=True, want_video=False, params=ClipParams(),
+                            limits=MediaLimits(probe_timeout_s=5, decode_timeout_s=5))
+    assert error.value.code == errors.UNSUPPORTED_FORMAT, error.value.reason
+
+
+def test_supported_containers_still_decode(tmp_path):
+    for name in ("a.mp4", "a.mkv", "a.webm", "a.avi", "a.flv", "a.ts", "a.mov"):
+        extra = ("-c:v", "libvpx", "-c:a", "libvorbis") if name.endswith(".webm") else ()
+        make_clip(tmp_path / name, seconds=0.5, extra=extra)
+    for name in ("a.wav", "a.mp3", "a.flac", "a.ogg", "a.m4a", "a.aac"):
+        make_clip(tmp_path / name, seconds=0.5, video=False,
+                  extra=("-c:a", {"a.wav": "pcm_s16le", "a.mp3": "libmp3lame", "a.flac": "flac",
+                                  "a.ogg": "libvorbis"}.get(name, "aac")))
+    failed = {p.name: r.reason for p in sorted(tmp_path.iterdir())
+              if (r := process_clip(_task(p.name), _ctx(tmp_path, keep_single_modality=True)))
+              .status != fmt.STATUS_OK}
+    assert not failed
+
+
+def test_ids_and_paths_cannot_leave_videos_or_hold_nul(clips, tmp_path):
+    inside = _ctx(clips)
+    for candidate, reason in [("/etc/hostname", f"'/etc/hostname' would leave {clips}"),
+                              ("../outside.mp4", f"'../outside.mp4' would leave {clips}"),
+                              (str(clips.parent / "x.mp4"), "would leave"),
+                              ("a\0b.mp4", "holds a NUL byte")]:
+        result = process_clip(_task(candidate), inside)
+        assert result.reason.startswith("unsafe_path: ") and reason in result.reason, result.reason
+    absolute = process_clip(_task(str(clips / "ok.mp4")), inside)   # absolute, inside --videos
+    assert absolute.status == fmt.STATUS_OK and absolute.path == "ok.mp4"
+    anywhere = process_clip(_task(str(clips / "ok.mp4")), _ctx(Path("/")))   # --videos /
+    assert anywhere.status == fmt.STATUS_OK
+
+
+_READ_AS_NOBODY = """
+import sys
+from pipeline.clip import ClipContext, ClipTask, process_clip
+from pipeline.params import ClipParams, MediaLimits
+task = ClipTask(0, "k", "s", ("locked.mp4",), None, None, (), ())
+print(process_clip(task, ClipContext(sys.argv[1], ClipParams(), MediaLimits(), "h")).reason)
+"""
+
+
+def test_a_file_without_read_permission_is_unreadable_file(clips):
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="avsiam-perm-"))
+    try:
+        folder.chmod(0o755)
+        shutil.copy(clips / "ok.mp4", folder / "locked.mp4")
+        (folder / "locked.mp4").chmod(0)
+        command = [os.sys.executable, "-c", _READ_AS_NOBODY, str(folder)]
+        if os.geteuid() == 0:        # root reads anything: check as an unprivileged user
+            command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+        result = subprocess.run(command, cwd=Path(__file__).resolve().parents[1],
+                                capture_output=True, text=True, timeout=120)
+        assert result.stdout.startswith(f"unreadable_file: {folder / 'locked.mp4'}: Permission "
+                                        f"denied"), result.stdout + result.stderr
+    finally:
+        shutil.rmtree(folder)

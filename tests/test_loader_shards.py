@@ -58,6 +58,7 @@ def meta_for(key: str, shard: int, index: int, *, num_frames: int, fbank_frames:
     labels = label_fn(shard, index, num_classes)
     meta = {
         "key": key, "source_id": key[:-9], "path": f"videos/{key}.mp4", "start": 0.0, "end": 10.0,
+        "window_source": "seek", "decoded_seconds": 10.0, "coverage": 1.0,
         "labels": [f"/m/{i:04d}" for i in labels], "label_indices": labels,
         "fps": 25.0, "duration": 10.0, "width": 320, "height": 240,
         "audio_rate": 16000, "audio_channels": 1,

@@ -7,10 +7,11 @@ import pytest
 
 from pipeline.config import ConfigError, resolve_task
 from pipeline.labels import LabelsError, read_labels, vocabulary_from
-from pipeline.manifest import ManifestError, detect_kind, read_manifest
-from pipeline.params import ClipParams, params_hash
-from pipeline.plan import (PlanMismatch, PlanParams, build_plan, candidates, load_or_write,
-                           read_plan, render_template, unique_keys, worst_case_bytes)
+from pipeline.manifest import ManifestError, choose_split, detect_kind, read_manifest
+from pipeline.params import ClipParams, ParamsError, params_hash
+from pipeline.plan import (DEFAULT_EXTENSIONS, SHARD_TAIL_BYTES, PlanMismatch, PlanParams,
+                           build_plan, candidates, load_or_write, read_plan, render_template,
+                           sample_bytes_bound, unique_keys, worst_case_bytes)
 from shards import format as fmt
 
 AUDIOSET = """# Segments csv created Sun Mar  5 10:54:31 2017
@@ -57,6 +58,56 @@ def test_vggsound_csv_commas_in_labels_window_and_split(files):
     assert train.source_ids == ["--0PQM4-hqg", "--56QUhyDQM"]
 
 
+def test_headerless_audioset_csv_is_recognised_not_taken_as_a_header(files):
+    rows = "".join(line + "\n" for line in AUDIOSET.splitlines() if not line.startswith("#"))
+    (files / "headerless.csv").write_text(rows)
+    assert detect_kind(files / "headerless.csv") == "audioset"
+    m = read_manifest(files / "headerless.csv")
+    assert m.kind == "audioset" and len(m) == 4 and m.source_ids[0] == "--PJHxphWEs"
+    assert m.labels[1] == ("/m/03v3yw",) and (m.starts[0], m.ends[0]) == (30.0, 40.0)
+
+
+@pytest.mark.parametrize("text, where, message", [
+    # a quote left open swallowed the next row into the labels
+    ('a, 0, 10, "/m/1\nb, 0, 10, "/m/2"\nc, 0, 10, "/m/3"\n', ":4:", "malformed row"),
+    ('a, 0, 10, "/m/1\nb, 0, 10, /m/2\n', ":4:", "malformed row"),
+    ('a, 0, 10, "/m/1"\nb, 0, 10, "/m/2,\n/m/3"\n', ":5:", "not closed before line 6"),
+    ('a, 0, 10, "/m/1"\nb, 0, "/m/2"\n', ":5:", "expected 4 fields"),
+    ('a, 0, 10, /m/1,/m/2\n', ":4:", "expected 4 fields"),
+    ('a, 0, ten, "/m/1"\n', ":4:", "'ten' is not a number"),
+])
+def test_malformed_audioset_rows_stop_with_file_and_line(files, text, where, message):
+    path = files / "bad_segments.csv"
+    path.write_text("# a\n# b\n# c\n" + text)
+    with pytest.raises(ManifestError, match=f"bad_segments.csv{where}.*{message}"):
+        read_manifest(path)
+
+
+def test_malformed_vggsound_rows_stop_with_file_and_line(files):
+    (files / "bad_vgg.csv").write_text('a,1,"dogs, barking,train\nb,2,cat,test\n')
+    with pytest.raises(ManifestError, match="bad_vgg.csv:1: malformed row"):
+        read_manifest(files / "bad_vgg.csv", "vggsound")
+    (files / "bad_vgg.csv").write_text('a,1,dogs, barking,train\n')
+    with pytest.raises(ManifestError, match="bad_vgg.csv:1: expected 4 fields"):
+        read_manifest(files / "bad_vgg.csv", "vggsound")
+
+
+def test_vggsound_needs_a_split_choice(files):
+    m = read_manifest(files / "vgg.csv")
+    with pytest.raises(ManifestError, match="holds test and train rows: pass --select-split test "
+                       "or --select-split train .*--select-split all"):
+        choose_split(m, None, files / "vgg.csv")
+    assert choose_split(m, "all", "v").source_ids == m.source_ids
+    assert choose_split(m, "test", "v").source_ids == ["---g-f_I2yQ"]
+    with pytest.raises(ManifestError, match="has no 'val' rows .*test, train"):
+        choose_split(m, "val", "v")
+    one = m.select_split("train")
+    assert choose_split(one, None, "v") is one          # nothing to mix
+    audioset = read_manifest(files / "seg.csv")
+    with pytest.raises(ManifestError, match="has no split column"):
+        choose_split(audioset, "train", "seg.csv")
+
+
 def test_generic_csv_and_parquet(files):
     (files / "gen.csv").write_text("path,start,end,labels\na/x.mp4,1.5,3,\"dog,cat\"\nb.mkv,,,\n")
     m = read_manifest(files / "gen.csv")
@@ -99,6 +150,35 @@ def test_labels_file_and_unknown_label_error(files):
         build_plan(m, small, PlanParams(), ClipParams(), "h")
 
 
+def _smallest_free_suffix_keys(source_ids, starts):
+    """The rule unique_keys implements, written the slow, obvious way."""
+    keys = [fmt.sample_key(s, t) for s, t in zip(source_ids, starts)]
+    taken, seen, out = set(keys), set(), []
+    for key in keys:
+        if key in seen:
+            key = next(f"{key}-{n}" for n in range(1, len(keys) + 2) if f"{key}-{n}" not in taken)
+            taken.add(key)
+        seen.add(key)
+        out.append(key)
+    return out
+
+
+def test_unique_keys_give_the_smallest_free_suffix_in_row_order():
+    """Literal ids that look like suffixed keys ('a-2') take their names first; the linear
+    search hands out the same keys as the obvious rule, whatever the order."""
+    import random
+
+    pool = ["a", "a-1", "a-3", "b", "a-1-1", "b-1"]
+    rng = random.Random(0)
+    for _ in range(200):
+        ids = [rng.choice(pool) for _ in range(rng.randint(1, 30))]
+        starts = [None] * len(ids)
+        assert unique_keys(ids, starts) == _smallest_free_suffix_keys(ids, starts)
+    assert unique_keys(["a", "a", "a-1", "a"], [None] * 4) == ["a", "a-2", "a-1", "a-3"]
+    many = unique_keys(["x"] * 20_000, [0.0] * 20_000)
+    assert many[-1] == "x_00000000-19999" and len(set(many)) == 20_000
+
+
 def test_unique_keys_are_safe_and_deterministic():
     keys = unique_keys(["abc", "abc", "abc", "../../evil", "x\x07\ny"], [0.0, 0.0, 0.0, None, 1.5])
     assert keys[:3] == ["abc_00000000", "abc_00000000-1", "abc_00000000-2"]
@@ -121,11 +201,18 @@ def test_plan_rows_keys_labels_and_shards(files):
 def test_plan_byte_cap_closes_shards_early(files):
     m = read_manifest(files / "seg.csv")
     params = ClipParams(frame_size=224)
-    per_row = worst_case_bytes(10.0, params)
+    plan = build_plan(m, read_labels(files / "labels.csv"), PlanParams(), params, "h")
+    per_row = max(sample_bytes_bound(worst_case_bytes(10.0, params), params, r["key"],
+                                     r["source_id"], r["path"], r["labels"], DEFAULT_EXTENSIONS)
+                  for r in plan.table.to_pylist())
     plan = build_plan(m, read_labels(files / "labels.csv"),
-                      PlanParams(samples_per_shard=1000, max_shard_bytes=2 * per_row + 1),
+                      PlanParams(samples_per_shard=1000,
+                                 max_shard_bytes=2 * per_row + SHARD_TAIL_BYTES),
                       params, "h")
     assert plan.table.column("shard").to_pylist() == [0, 0, 1, 1]
+    with pytest.raises(ParamsError, match="raise --max-shard-bytes to at least"):
+        build_plan(m, read_labels(files / "labels.csv"),
+                   PlanParams(max_shard_bytes=per_row + SHARD_TAIL_BYTES - 4096), params, "h")
 
 
 def test_templates_and_candidates():

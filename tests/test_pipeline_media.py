@@ -76,7 +76,7 @@ def test_fbank_is_cav_mae_kaldi_fbank_of_the_16k_mono_window(media):
     import torch
     from torchaudio.compliance import kaldi
 
-    result = run(media, "stereo44k.mp4", start=0.25, end=0.75)
+    result = run(media, "stereo44k.mp4", start=0.25, end=0.75, segments="full")
     assert result.status == "ok", result.reason
     stored = np.load(io.BytesIO(dict(result.members)["fbank.npy"]))
     wav = media / "ref.wav"
@@ -108,25 +108,30 @@ def test_frames_at_cav_mae_indices_of_the_window(media):
     assert [_source_frame(members[f"f{i}.jpg"]) for i in range(4)] == [0, 12, 25, 37]
     image = Image.open(io.BytesIO(members["f0.jpg"]))
     assert image.size == (SIZE, SIZE) and image.mode == "RGB"
-    window = run(media, "index.mp4", start=1.0, end=2.0)   # 25 frames from frame 25
+    window = run(media, "index.mp4", start=1.0, end=2.0, segments="full")  # 25 frames from 25
     frames = dict(window.members)
     assert [_source_frame(frames[f"f{i}.jpg"]) for i in range(4)] == [25, 31, 37, 43]
     assert meta_of(window)["fbank_frames"] == 98 and meta_of(window)["start"] == 1.0
 
 
-def test_clip_shorter_than_window_keeps_what_exists(media):
-    result = run(media, "ok.mp4", start=0.0, end=10.0)
+def test_clip_shorter_than_window_keeps_what_exists_above_min_coverage(media):
+    result = run(media, "ok.mp4", start=0.0, end=10.0, min_coverage=0.2)
     assert result.status == "ok", result.reason
     meta = meta_of(result)
     # 2 s of AAC (plus encoder padding), not padded to the 10 s window
     assert 195 <= meta["fbank_frames"] <= 210 and meta["end"] == 10.0 and meta["duration"] == 2.0
     assert meta["num_frames"] == 4
+    assert meta["window_source"] == "cut" and 0.2 <= meta["coverage"] == result.coverage < 0.21
+    short = run(media, "ok.mp4", start=0.0, end=10.0)          # default --min-coverage 0.5
+    assert short.status == "failed" and short.reason.startswith(
+        "short_window: ok.mp4 holds 2.00 s of the 10-s window [0, 10] s"), short.reason
+    assert "coverage 0.20 < --min-coverage 0.5" in short.reason and short.coverage == 0.2
 
 
 @pytest.mark.parametrize("name, code, detail", [
     ("missing.mp4", "missing_file", "none of missing.mp4 under"),
     ("empty.mp4", "empty_file", "has 0 bytes"),
-    ("truncated.mp4", "probe_failed", "moov atom not found"),
+    ("truncated.mp4", "truncated_file", "moov atom not found"),
     ("corrupt.mp4", "probe_failed", "Invalid data found"),
     ("text.mp4", "probe_failed", "Invalid data found"),
     ("folder.mp4", "not_regular_file", "is a directory"),
@@ -141,8 +146,12 @@ def test_bad_input_fails_with_precise_reason(media, name, code, detail):
 
 
 def test_window_outside_file_and_bad_window(media):
-    assert run(media, "ok.mp4", start=5.0, end=6.0).reason.startswith(
-        "window_outside_file: window starts at 5 s but the file lasts 2.000 s")
+    outside = run(media, "ok.mp4", start=5.0, end=6.0, segments="full")
+    assert outside.reason == ("window_outside_file: window starts at 5 s but the file lasts "
+                              "2.000 s (ok.mp4; if the files are already cut to their segments, "
+                              "pass --segments cut (or auto))")
+    assert (outside.window_source, outside.coverage) == ("seek", 0.0)
+    assert run(media, "ok.mp4", start=5.0, end=6.0).status == "ok"    # auto: 2 s file ~ 1-s window
     assert run(media, "ok.mp4", start=1.0, end=1.0).reason.startswith("bad_window:")
 
 
@@ -178,14 +187,13 @@ def test_rotated_video_is_autorotated_before_the_crop(media):
     assert turned < np.abs(a - b).mean() / 2
 
 
-def test_truncated_stream_keeps_decodable_part(media):
-    """A cut-off Matroska file (no index needed) decodes what is left, or fails with a reason."""
+def test_truncated_matroska_file_is_truncated_file(media):
+    """A cut-off Matroska file (its header claims 2 s) decodes only what is left: recorded as
+    truncated_file, not stored as a shorter sample."""
     result = run(media, "truncated.mkv")
-    if result.status == "ok":
-        assert meta_of(result)["fbank_frames"] > 0 and result.has_video
-    else:
-        assert result.reason.split(":")[0] in ("decode_failed", "probe_failed", "no_video_frames",
-                                               "no_audio_samples"), result.reason
+    assert result.status == "failed" and result.reason.startswith(
+        "truncated_file: truncated.mkv claims 2.000 s of audio"), result.reason
+    assert "download it again" in result.reason
 
 
 def test_ffmpeg_made_fixtures_are_real_media(media):

@@ -73,22 +73,25 @@ def test_sigkill_at_any_point_then_rerun_equals_uninterrupted_run(dataset, tmp_p
         began = time.time() - 0.01
         def ready() -> bool:
             for f in files[1:]:
-                temp = f.tar.with_name(f.tar.name + ".tmp")
-                try:
-                    info = temp.stat()
-                except FileNotFoundError:
-                    continue
-                if not f.stats.exists() and info.st_mtime >= began and info.st_size > 10240:
-                    return True
+                for temp in out.glob(f.tar.name + ".tmp-*"):   # this writer's: host-pid-random
+                    try:
+                        info = temp.stat()
+                    except FileNotFoundError:
+                        continue
+                    if not f.stats.exists() and info.st_mtime >= began and \
+                            info.st_size > 10240:
+                        return True
             return False
         return ready
     _run_and_kill(args, mid_shard())
     assert not all(f.stats.exists() for f in files)
-    # 4. SIGTERM (SLURM's time-limit warning) in the middle of a shard: exits 143 promptly
+    leftovers = [p for p in out.iterdir() if ".tmp-" in p.name]
+    assert leftovers, "the kill left no partial shard behind; the test did not test resume"
+    # 4. SIGTERM (SLURM's time-limit warning) in the middle of a shard: exits 143 promptly,
+    # deleting its own temporary tar; the killed run's stale one is gone too (removed by this run)
     _run_and_kill(args, mid_shard(), sig=signal.SIGTERM)
     assert not all(f.stats.exists() for f in files)
-    leftovers = [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
-    assert leftovers, "the kill left no partial shard behind; the test did not test resume"
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
     assert cli(args) == 0
     assert snapshot(out) == snapshot(reference)

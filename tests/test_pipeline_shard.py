@@ -151,8 +151,9 @@ def test_slurm_array_tasks_together_equal_one_run(data, tmp_path):
 def test_vggsound_csv_with_template_and_folder_mode(data, tmp_path):
     vgg = data["root"] / "synth" / "vggsound.csv"
     out = tmp_path / "vgg"
+    # VGGSound rows ask for 10 s; the synthetic clips last 2 s (coverage 0.2)
     assert cli(shard_args(vgg, None, data["videos"], out, "--select-split", "train",
-                          "--template", "{ytid}.mp4", workers=2)) == 0
+                          "--template", "{ytid}.mp4", "--min-coverage", "0.2", workers=2)) == 0
     info = json.loads((out / fmt.DATASET_JSON).read_text())
     train = [c for c in data["summary"]["clips"] if c["split"] == "train"]
     assert info["counts"] == {**info["counts"], "rows": len(train), "ok": len(train)}
