@@ -123,7 +123,8 @@ def write_split(folder, sizes, *, split: str = "train", num_frames: int = 3, fra
                     add_member(tar, f"{key}.{suffix}", data)
                 rows.append({"row": shard * 1000 + i, "key": key, "source_id": key[:-9],
                              "path": f"videos/{key}.mp4", "status": F.STATUS_OK, "reason": None,
-                             "has_audio": audio, "has_video": True})
+                             "has_audio": audio, "has_video": True, "coverage": 1.0,
+                             "window_source": "seek"})
         pq.write_table(pa.Table.from_pylist(rows), files.record)
         files.stats.write_text(json.dumps({"samples": size, "written": time.time()}))
         tars.append(files.tar)
@@ -152,7 +153,8 @@ def test_fixture_shards_follow_the_format(tmp_path):
     meta = json.loads(samples[0][F.META_SUFFIX])
     assert set(meta) == set(F.META_FIELDS) and meta["key"] == samples[0]["__key__"]
     assert Image.open(io.BytesIO(samples[0]["f1.jpg"])).format == "JPEG"
-    assert pq.read_table(tars[1].with_suffix(".parquet")).num_rows == 2
+    record = pq.read_table(tars[1].with_suffix(".parquet"))
+    assert record.num_rows == 2 and tuple(record.column_names) == F.RECORD_COLUMNS
 
 
 def test_member_names_split_exactly_like_webdataset():
