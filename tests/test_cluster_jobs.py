@@ -65,8 +65,11 @@ def local_shards(synth, work) -> Path:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    """Every output file by relative path, except the per-task run logs (named by task)."""
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+    """Every output file by relative path, except the per-task run logs (named by task) and the
+    lock files' contents (they name the host and pid of their last holder, for messages only)."""
+    def content(p: Path) -> bytes:
+        return b"" if p.relative_to(root).parts[0] == "locks" else p.read_bytes()
+    return {str(p.relative_to(root)): content(p) for p in sorted(root.rglob("*"))
             if p.is_file() and p.relative_to(root).parts[0] != "logs"}
 
 
