@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -49,7 +50,9 @@ class ObjectiveConfig:
     """The two pretraining losses and how a step computes them."""
 
     mask_ratios: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # multi-ratio groups (contrastive)
-    audio_structured: bool = True   # time+frequency structured audio masking (official "tf")
+    # Audio "tf" masking of the contrastive groups (trainer/masking.py): official (the official code's
+    # rule and its line statistics) | structured (whole lines kept whole) | unstructured.
+    audio_mask: str = "official"
     packed: bool = False            # all mask groups in one encoder pass (attention masks)
     reconstruction_ratio: float = 0.75
     norm_pix_loss: bool = False     # per-patch target normalisation (off in the released code)
@@ -78,6 +81,7 @@ class ObjectiveConfig:
             raise ValueError("objective loss weights must be >= 0 and not both 0")
         _positive("objective.temperature", self.temperature)
         _choice("objective.schedule", self.schedule, OBJECTIVE_SCHEDULES)
+        _choice("objective.audio_mask", self.audio_mask, AUDIO_MASKS)
         for name in ("contrastive_chunk", "reconstruction_chunk"):
             value = getattr(self, name)
             if value is not None:

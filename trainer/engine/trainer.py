@@ -77,7 +77,7 @@ class _Run:
         model = module.model
         self.masks = MaskPlan(
             MultiRatioMasker(ratios=cfg.objective.mask_ratios, audio_grid=model.audio_grid,
-                             visual_grid=model.visual_grid, audio_structured=cfg.objective.audio_structured),
+                             visual_grid=model.visual_grid, audio_mask=cfg.objective.audio_mask),
             cfg.objective.reconstruction_ratio, _count(model.audio_grid), _count(model.visual_grid),
             seed=cfg.seed, rank=ctx.rank, group=cfg.objective.contrastive_chunk)
         self.stepper = PretrainStep(self.engine, cfg.objective)
