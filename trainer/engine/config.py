@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from shards.config import NORMALIZATIONS
 from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
 
@@ -33,16 +34,25 @@ class DataConfig:
     train: str = ""                 # shard URLs: a brace pattern, a folder of shards or a list
     batch_size: int = 8             # samples per rank per micro-batch = the rank's contrastive batch
     num_workers: int = 2            # loader worker processes per rank
+    # fbank mean/std: paper (-5.081 / 4.4849, every split alike, as the released weights saw) |
+    # dataset (the shards' measured dataset.json statistics). Recorded in the model file.
+    normalization: str = "paper"
     options: dict[str, Any] = field(default_factory=dict)  # further make_loader options (LoaderConfig)
 
     def __post_init__(self) -> None:
         _positive("data.batch_size", self.batch_size)
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode"} & set(self.options)
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
+        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode", "normalization"} \
+            & set(self.options)
         if reserved:
             raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
-                             "(use data.batch_size, data.num_workers, seed)")
+                             "(use data.batch_size, data.num_workers, data.normalization, seed)")
+
+    def loader_options(self) -> dict[str, Any]:
+        """make_loader keyword options of this section (beyond batch size and workers)."""
+        return {"normalization": self.normalization, **self.options}
 
 
 @dataclass(kw_only=True)

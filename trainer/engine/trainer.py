@@ -69,7 +69,7 @@ class _Run:
         self.loader = make_loader(cfg.data.train, mode="pretrain", batch_size=cfg.data.batch_size,
                                   rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                                   seed=cfg.seed, **{"audio_frames": cfg.model.audio_frames,
-                                                    "image_size": cfg.model.image_size, **cfg.data.options})
+                                                    "image_size": cfg.model.image_size, **cfg.data.loader_options()})
         self.state = TrainState()
         self.resumed_from = point
         if point is not None:
