@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.config import LoaderConfig
+from shards.config import NORMALIZATIONS, LoaderConfig
+from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
 
 from .yaml_config import coerce, load_yaml_config, plain
@@ -32,6 +33,9 @@ class DataConfig:
     train: str = ""                 # shard URLs: a brace pattern, a folder of shards or a list
     batch_size: int = 8             # samples per rank per micro-batch = the rank's contrastive batch
     num_workers: int = 2            # loader worker processes per rank
+    # fbank mean/std: paper (-5.081 / 4.4849, every split alike, as the released weights saw) |
+    # dataset (the shards' measured dataset.json statistics). Recorded in the model file.
+    normalization: str = "paper"
     # Further loader options: fields of shards.config.LoaderConfig, typed and checked at load.
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -39,10 +43,16 @@ class DataConfig:
         _positive("data.batch_size", self.batch_size)
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
         self.options = loader_options(self.options)
 
+    def loader_options(self) -> dict[str, Any]:
+        """make_loader keyword options of this section (beyond batch size and workers)."""
+        return {"normalization": self.normalization, **self.options}
 
-LOOP_SET_OPTIONS = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed")
+
+# Loader options the loop or another config key sets.
+LOOP_SET_OPTIONS = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed", "normalization")
 
 
 def loader_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -51,7 +61,7 @@ def loader_options(options: dict[str, Any]) -> dict[str, Any]:
     reserved = sorted(set(LOOP_SET_OPTIONS) & set(options))
     if reserved:
         raise ValueError(f"data.options may not set {reserved}: the loop sets them "
-                         "(use data.batch_size, data.num_workers, seed)")
+                         "(use data.batch_size, data.num_workers, data.normalization, seed)")
     hints = typing.get_type_hints(LoaderConfig)
     allowed = [f.name for f in dataclasses.fields(LoaderConfig) if f.name not in LOOP_SET_OPTIONS]
     unknown = sorted(set(options) - set(allowed))
@@ -71,7 +81,9 @@ class ObjectiveConfig:
     """The two pretraining losses and how a step computes them."""
 
     mask_ratios: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # multi-ratio groups (contrastive)
-    audio_structured: bool = True   # time+frequency structured audio masking (official "tf")
+    # Audio "tf" masking of the contrastive groups (trainer/masking.py): official (the official code's
+    # rule and its line statistics) | structured (whole lines kept whole) | unstructured.
+    audio_mask: str = "official"
     packed: bool = False            # all mask groups in one encoder pass (attention masks)
     reconstruction_ratio: float = 0.75
     norm_pix_loss: bool = False     # per-patch target normalisation (off in the released code)
@@ -100,6 +112,7 @@ class ObjectiveConfig:
             raise ValueError("objective loss weights must be >= 0 and not both 0")
         _positive("objective.temperature", self.temperature)
         _choice("objective.schedule", self.schedule, OBJECTIVE_SCHEDULES)
+        _choice("objective.audio_mask", self.audio_mask, AUDIO_MASKS)
         for name in ("contrastive_chunk", "reconstruction_chunk"):
             value = getattr(self, name)
             if value is not None:

@@ -134,7 +134,7 @@ class TrainingRun:
         seed_rank(cfg.seed, ctx.rank)
         self.loader = make_loader(cfg.data.train, mode=kind.loader_mode, batch_size=cfg.data.batch_size,
                                   rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
-                                  seed=cfg.seed, **{**kind.loader_options(), **cfg.data.options})
+                                  seed=cfg.seed, **{**kind.loader_options(), **cfg.data.loader_options()})
         self.max_steps = kind.max_steps(self.loader)
         self.state = TrainState()
         self.resumed_from = point

@@ -54,7 +54,7 @@ class PretrainKind(RunKind):
         cfg, model = self.cfg, run.model
         masks = MaskPlan(
             MultiRatioMasker(ratios=cfg.objective.mask_ratios, audio_grid=model.audio_grid,
-                             visual_grid=model.visual_grid, audio_structured=cfg.objective.audio_structured),
+                             visual_grid=model.visual_grid, audio_mask=cfg.objective.audio_mask),
             cfg.objective.reconstruction_ratio, math.prod(model.audio_grid), math.prod(model.visual_grid),
             seed=cfg.seed, rank=run.ctx.rank, group=cfg.objective.contrastive_chunk)
         stepper = PretrainStep(run.engine, cfg.objective)
