@@ -75,7 +75,8 @@ def test_bad_overrides_are_clear_errors(override, message):
 
 
 def test_deepspeed_config_is_derived():
-    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "gradient_accumulation=2"])
+    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "gradient_accumulation=2",
+                                      "objective.schedule=sum"])
     ds = derive_deepspeed_config(cfg, world_size=16, device_type="cuda")
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"] == {"enabled": True}
     assert ds["train_micro_batch_size_per_gpu"] == 192 and ds["gradient_accumulation_steps"] == 1
@@ -88,6 +89,9 @@ def test_deepspeed_config_is_derived():
     assert "bf16" not in cpu and cpu["checkpoint"] == {"load_universal": True} and cpu["wall_clock_breakdown"]
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         derive_deepspeed_config(load_config("tiny_cpu", ["deepspeed.precision=fp16"]), 1, "cpu")
+    # the official schedule's two Adam states: PhasedAdam is the client optimizer, not DeepSpeed's Adam
+    official = derive_deepspeed_config(load_config("avsiam_base"), world_size=16, device_type="cuda")
+    assert "optimizer" not in official and official["zero_allow_untested_optimizer"] is True
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------

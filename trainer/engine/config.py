@@ -23,7 +23,7 @@ from .yaml_config import coerce, load_yaml_config, plain
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "multistep", "constant")
-OBJECTIVE_SCHEDULES = ("sum", "alternate")
+OBJECTIVE_SCHEDULES = ("sum", "alternate", "official")
 
 
 @dataclass(kw_only=True)
@@ -91,8 +91,10 @@ class ObjectiveConfig:
     reconstruction_weight: float = 1.0
     temperature: float = 0.05
     learnable_temperature: bool = False
-    # sum: one summed loss, one optimizer step per batch (default). alternate: the official loop, a
-    # contrastive optimizer step then a reconstruction step on the same batch (one shared Adam state).
+    # official: the official loop, a contrastive optimizer step then a reconstruction step on the
+    # same batch, each with its own Adam state (engine/phased_adam.py; the paper presets).
+    # sum: one summed loss, one optimizer step per batch (faster: one backward set, one update).
+    # alternate: the two steps of official sharing one Adam state.
     schedule: str = "sum"
     # Gradient caching: embed the rank's batch in chunks of this many samples without activations,
     # then re-run each chunk with gradients. None = the whole micro-batch in one pass.
@@ -221,6 +223,11 @@ class RunConfig:
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.out_dir) / "checkpoints"
 
+    @property
+    def two_adam_states(self) -> bool:
+        """Whether the optimizer keeps one Adam state per objective phase (phased_adam.PhasedAdam)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
         return plain(dataclasses.asdict(self))
 
@@ -237,6 +244,10 @@ class PretrainConfig(RunConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _positive("max_steps", self.max_steps)
+
+    @property
+    def two_adam_states(self) -> bool:
+        return self.objective.schedule == "official"
 
 
 # --- loading --------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Choices made here, once:
   chunks, reconstruction chunks, accumulation micro-batches) all run inside one
   `engine.coalesce_grad_reduction()` block, so ZeRO reduces gradients once per optimizer step.
 - The optimizer is DeepSpeed's Adam (FusedAdam on CUDA, torch's Adam with `torch_adam` on CPU);
-  `adam_w_mode` is set explicitly because DeepSpeed's "Adam" type defaults to AdamW.
+  `adam_w_mode` is set explicitly because DeepSpeed's "Adam" type defaults to AdamW. With
+  `objective.schedule=official` it is `phased_adam.PhasedAdam` (two Adam states), passed as the
+  client optimizer.
 - The learning rate follows `schedule.lr_at(step)` and is set by the trainer each step, so it is
   exact on resume and needs no DeepSpeed scheduler state.
 """
@@ -60,6 +62,10 @@ def derive_deepspeed_config(cfg: RunConfig, world_size: int, device_type: str,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": False,
     }
+    if cfg.two_adam_states:
+        # The client optimizer (phased_adam.PhasedAdam, built by create_engine) keeps two Adam states.
+        del config["optimizer"]
+        config["zero_allow_untested_optimizer"] = True
     if ds.precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif ds.precision == "fp16":
@@ -86,10 +92,16 @@ def create_engine(module, cfg: RunConfig, world_size: int, device_type: str, loa
     config and `module.param_groups`; returns (engine, [(group name, lr scale)] in optimizer order)."""
     import deepspeed
 
+    from .phased_adam import build_phased_adam, check_resume
+
     groups = param_groups(module, cfg.optim.weight_decay, lr_scales)
+    plain = [{k: v for k, v in g.items() if k not in ("name", "lr_scale")} for g in groups]
+    optimizer = None
+    if cfg.two_adam_states:
+        check_resume(cfg.objective.schedule, load_universal)
+        optimizer = build_phased_adam(plain, cfg.optim)
     engine, _, _, _ = deepspeed.initialize(
-        model=module, model_parameters=[{k: v for k, v in g.items() if k not in ("name", "lr_scale")}
-                                        for g in groups],
+        model=module, model_parameters=None if optimizer else plain, optimizer=optimizer,
         config=derive_deepspeed_config(cfg, world_size, device_type, load_universal))
     engine.train()
     return engine, [(g["name"], g["lr_scale"]) for g in groups]
