@@ -42,6 +42,8 @@ class DataConfig:
         if reserved:
             raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
                              "(use data.batch_size, data.num_workers, seed)")
+        from .preflight import check_loader_options
+        check_loader_options(self.options, batch_size=self.batch_size, num_workers=self.num_workers)
 
 
 @dataclass(kw_only=True)

@@ -16,7 +16,7 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
     from trainer.model import AVSiam, AVSiamConfig
     from trainer.model.file_metadata import ModelFacts, config_text
 
-    point = find_resume_point(str(checkpoint), Path(checkpoint))
+    point = find_resume_point(str(checkpoint), Path(checkpoint), flag="--checkpoint")
     marker = read_marker(point.path)
     if not marker or "model_config" not in marker:
         raise ValueError(f"{point.path}/complete.json has no model_config; was it written by `avsiam pretrain`?")
