@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-# LoaderConfig fields a run sets itself (from data.batch_size, data.num_workers, seed, the mode).
-ENGINE_SET = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed")
+# LoaderConfig fields a run sets itself (data.batch_size, data.num_workers, data.normalization, seed, mode).
+ENGINE_SET = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed", "normalization")
 
 
 def loader_option_names() -> list[str]:

@@ -21,9 +21,11 @@ class VocabularyError(ValueError):
 
 
 def normalization_options(facts, options: dict) -> dict:
-    """fbank_mean/fbank_std of the model's training unless `options` set either one."""
+    """fbank_mean/fbank_std of the model's training unless `options` set either one or ask for
+    the shards' own statistics (normalization=dataset)."""
     norm = getattr(facts, "normalization", None)
-    if norm is None or "fbank_mean" in options or "fbank_std" in options:
+    if norm is None or "fbank_mean" in options or "fbank_std" in options \
+            or options.get("normalization") == "dataset":
         return {}
     return {"fbank_mean": norm["mean"], "fbank_std": norm["std"]}
 

@@ -87,8 +87,8 @@ class _Run:
                                   **{"audio_frames": mc.audio_frames, "image_size": mc.image_size,
                                      "num_classes": cfg.num_classes,
                                      "require_labels": cfg.loss == "ce",
-                                     **normalization_options(self.model.facts, cfg.data.options),
-                                     **cfg.data.options})
+                                     **normalization_options(self.model.facts, cfg.data.loader_options()),
+                                     **cfg.data.loader_options()})
         self.steps_per_epoch = len(self.loader)
         self.max_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.state = TrainState()
