@@ -8,6 +8,7 @@ and a usable seed. Errors are ValueErrors naming the key and the fix (one line o
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 # LoaderConfig fields a run sets itself (data.batch_size, data.num_workers, data.normalization, seed, mode).
@@ -43,6 +44,8 @@ def check_run_start(cfg, command: str) -> None:
     if not cfg.data.train:
         raise ValueError(f"avsiam {command}: no training shards; set data.train=DIR_OR_URLS "
                          "(e.g. the --out folder of `avsiam shard`)")
+    if os.path.isdir(cfg.data.train):
+        return                      # what the folder holds is the loader's to check
     try:
         expand_urls(cfg.data.train, allow_pipe=bool(cfg.data.options.get("allow_pipe")))
     except (ValueError, OSError) as exc:
