@@ -24,7 +24,7 @@ from trainer.model.config import AVSiamConfig
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "multistep", "constant")
-OBJECTIVE_SCHEDULES = ("sum", "alternate")
+OBJECTIVE_SCHEDULES = ("sum", "alternate", "official")
 
 
 @dataclass(kw_only=True)
@@ -72,8 +72,10 @@ class ObjectiveConfig:
     reconstruction_weight: float = 1.0
     temperature: float = 0.05
     learnable_temperature: bool = False
-    # sum: one summed loss, one optimizer step per batch (default). alternate: the official loop, a
-    # contrastive optimizer step then a reconstruction step on the same batch (one shared Adam state).
+    # official: the official loop, a contrastive optimizer step then a reconstruction step on the
+    # same batch, each with its own Adam state (engine/phased_adam.py; the paper presets).
+    # sum: one summed loss, one optimizer step per batch (faster: one backward set, one update).
+    # alternate: the two steps of official sharing one Adam state.
     schedule: str = "sum"
     # Gradient caching: embed the rank's batch in chunks of this many samples without activations,
     # then re-run each chunk with gradients. None = the whole micro-batch in one pass.
