@@ -9,16 +9,16 @@ The DeepSpeed config is derived from this one (`deepspeed_config.py`), never wri
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.config import NORMALIZATIONS, LoaderConfig
+from shards.config import NORMALIZATIONS
 from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
 
-from .yaml_config import coerce, load_yaml_config, plain
+from .preflight import check_loader_options
+from .yaml_config import load_yaml_config, plain
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -44,36 +44,12 @@ class DataConfig:
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
-        self.options = loader_options(self.options)
+        self.options = check_loader_options(self.options, batch_size=self.batch_size,
+                                            num_workers=self.num_workers)
 
     def loader_options(self) -> dict[str, Any]:
         """make_loader keyword options of this section (beyond batch size and workers)."""
         return {"normalization": self.normalization, **self.options}
-
-
-# Loader options the loop or another config key sets.
-LOOP_SET_OPTIONS = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed", "normalization")
-
-
-def loader_options(options: dict[str, Any]) -> dict[str, Any]:
-    """`data.options` checked as `LoaderConfig` fields: an unknown key, a wrong type or a bad value
-    fails when the config loads, naming data.options.KEY (not at the first batch)."""
-    reserved = sorted(set(LOOP_SET_OPTIONS) & set(options))
-    if reserved:
-        raise ValueError(f"data.options may not set {reserved}: the loop sets them "
-                         "(use data.batch_size, data.num_workers, data.normalization, seed)")
-    hints = typing.get_type_hints(LoaderConfig)
-    allowed = [f.name for f in dataclasses.fields(LoaderConfig) if f.name not in LOOP_SET_OPTIONS]
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown loader option(s) {['data.options.' + k for k in unknown]}; "
-                         f"valid: {', '.join(allowed)}")
-    typed = {k: coerce(v, hints[k], f"data.options.{k}") for k, v in options.items()}
-    try:
-        LoaderConfig(batch_size=1, **typed)
-    except ValueError as exc:
-        raise ValueError(f"data.options: {exc}") from exc
-    return typed
 
 
 @dataclass(kw_only=True)

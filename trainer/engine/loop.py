@@ -89,8 +89,8 @@ class RunKind:
     def make_step(self, run: "TrainingRun") -> StepFn:
         raise NotImplementedError
 
-    def marker(self) -> dict[str, Any]:
-        """Fields of each checkpoint's complete.json (the model config at least)."""
+    def marker(self, run: "TrainingRun") -> dict[str, Any]:
+        """Fields of each checkpoint's complete.json (the model config and facts at least)."""
         raise NotImplementedError
 
     def on_start(self, run: "TrainingRun") -> None:
@@ -219,7 +219,7 @@ class TrainingRun:
             self.engine, self.state.step,
             client_state={"train": self.state.state_dict(), "config": self.cfg.to_dict()},
             rank_state={"loader": self.loader.state_dict()},
-            marker=self.kind.marker())
+            marker=self.kind.marker(self))
 
 
 def endless_batches(loader) -> Iterator[dict]:

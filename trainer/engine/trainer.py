@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from trainer.masking import MultiRatioMasker
+from trainer.model.file_metadata import loader_facts, marker_fields
 
 from .config import PretrainConfig
 from .flops import train_flops_per_sample
@@ -47,8 +48,8 @@ class PretrainKind(RunKind):
     def max_steps(self, loader) -> int:
         return self.cfg.max_steps
 
-    def marker(self) -> dict:
-        return {"model_config": self.cfg.model.to_json()}
+    def marker(self, run: TrainingRun) -> dict:
+        return marker_fields(self.cfg.model, loader_facts(run.loader))
 
     def make_step(self, run: TrainingRun):
         cfg, model = self.cfg, run.model

@@ -16,6 +16,8 @@ from trainer.engine.checkpoint import tag_of
 from trainer.engine.distributed import on_main_rank
 from trainer.engine.export import export_weights
 from trainer.engine.loop import RunKind, RunSummary, TrainingRun, run_training
+from trainer.evaluation.shard_fit import normalization_options
+from trainer.model.file_metadata import loader_facts, marker_fields
 
 from .averaging import average_checkpoints
 from .config import FinetuneConfig
@@ -53,7 +55,8 @@ class FinetuneKind(RunKind):
     def loader_options(self) -> dict:
         mc = self.model.config
         return {"audio_frames": mc.audio_frames, "image_size": mc.image_size,
-                "num_classes": self.cfg.num_classes, "require_labels": self.cfg.loss == "ce"}
+                "num_classes": self.cfg.num_classes, "require_labels": self.cfg.loss == "ce",
+                **normalization_options(self.model.facts, self.cfg.data.loader_options())}
 
     def max_steps(self, loader) -> int:
         self.steps_per_epoch = len(loader) // self.cfg.gradient_accumulation
@@ -63,8 +66,8 @@ class FinetuneKind(RunKind):
                              f"data.batch_size")
         return self.cfg.schedule.epochs * self.steps_per_epoch
 
-    def marker(self) -> dict:
-        return {"model_config": self.model.config.to_json(), "task": "finetune"}
+    def marker(self, run: TrainingRun) -> dict:
+        return {**marker_fields(self.model.config, loader_facts(run.loader)), "task": "finetune"}
 
     def make_step(self, run: TrainingRun):
         cfg = self.cfg
