@@ -49,6 +49,8 @@ class DataConfig:
         if reserved:
             raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
                              "(use data.batch_size, data.num_workers, data.normalization, seed)")
+        from .preflight import check_loader_options
+        check_loader_options(self.options, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def loader_options(self) -> dict[str, Any]:
         """make_loader keyword options of this section (beyond batch size and workers)."""

@@ -140,11 +140,12 @@ class _Run:
                             out_dir=cfg.out_dir)
 
     def _save(self):
+        from trainer.model.file_metadata import loader_facts, marker_fields
         return self.checkpointer.save(
             self.engine, self.state.step,
             client_state={"train": self.state.state_dict(), "config": self.cfg.to_dict()},
             rank_state={"loader": self.loader.state_dict()},
-            marker={"model_config": self.cfg.model.to_json()})
+            marker=marker_fields(self.cfg.model, loader_facts(self.loader)))
 
 
 def endless_batches(loader) -> Iterator[dict]:
