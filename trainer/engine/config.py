@@ -213,17 +213,39 @@ class PretrainConfig(RunConfig):
     """A whole pretraining run: the run fields plus the model, its objective and the run length."""
 
     out_dir: str = "runs/pretrain"
-    max_steps: int = 1000           # optimizer steps (schedule length)
+    max_steps: int | None = 1000    # optimizer steps (schedule length); null when max_epochs gives it
+    # Run length in epochs of the training shards (the paper presets: 25): at start max_steps =
+    # round(max_epochs * steps_per_epoch), steps_per_epoch = the loader's batches per epoch (the
+    # shards' records / global batch) // gradient_accumulation (engine/epochs.py), so the lr
+    # milestones (fractions of max_steps) land on the same epochs for any dataset size and GPU count.
+    max_epochs: float | None = None
+    steps_per_epoch: int | None = None  # derived at start when max_epochs is set (recorded); may be given
     model: AVSiamConfig = field(default_factory=AVSiamConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive("max_steps", self.max_steps)
+        if self.max_epochs is None:
+            _positive("max_steps", self.max_steps)
+        else:
+            _positive("max_epochs", self.max_epochs)
+            if self.steps_per_epoch is not None:
+                _positive("steps_per_epoch", self.steps_per_epoch)
+            if self.max_steps is not None and self.steps_per_epoch is None:
+                raise ValueError(f"max_steps={self.max_steps} and max_epochs={self.max_epochs:g} are both set; "
+                                 "give one (max_epochs=null to count optimizer steps)")
+            if self.max_steps is not None and self.max_steps != epoch_steps(self.max_epochs, self.steps_per_epoch):
+                raise ValueError(f"max_steps={self.max_steps} is not max_epochs={self.max_epochs:g} x "
+                                 f"steps_per_epoch={self.steps_per_epoch}; leave max_steps null")
 
     @property
     def two_adam_states(self) -> bool:
         return self.objective.schedule == "official"
+
+
+def epoch_steps(max_epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of `max_epochs` epochs of `steps_per_epoch` steps (at least 1)."""
+    return max(1, round(max_epochs * steps_per_epoch))
 
 
 # --- loading --------------------------------------------------------------------------------------

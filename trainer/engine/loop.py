@@ -64,7 +64,9 @@ class RunSummary:
 
 
 class RunKind:
-    """What a kind of run plugs into the loop; the defaults are the no-op hooks."""
+    """What a kind of run plugs into the loop; the defaults are the no-op hooks. `cfg`: the run's config."""
+
+    cfg: RunConfig
 
     name = "run"                     # progress-bar label
     loader_mode = "pretrain"         # shards.loader mode
@@ -84,6 +86,7 @@ class RunKind:
         raise NotImplementedError
 
     def max_steps(self, loader) -> int:
+        """The run's optimizer steps; the kind may resolve its `cfg` here (what checkpoints record)."""
         raise NotImplementedError
 
     def make_step(self, run: "TrainingRun") -> StepFn:
@@ -136,6 +139,7 @@ class TrainingRun:
                                   rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                                   seed=cfg.seed, **{**kind.loader_options(), **cfg.data.loader_options()})
         self.max_steps = kind.max_steps(self.loader)
+        self.cfg = kind.cfg                        # as the kind resolved it (e.g. max_epochs -> max_steps)
         self.state = TrainState()
         self.resumed_from = point
         if point is not None:

@@ -14,6 +14,7 @@ from trainer.masking import MultiRatioMasker
 from trainer.model.file_metadata import loader_facts, marker_fields
 
 from .config import PretrainConfig
+from .epochs import with_epoch_steps
 from .flops import train_flops_per_sample
 from .loop import RunKind, RunSummary, TrainingRun, run_training
 from .module import build_pretrain_module
@@ -46,6 +47,7 @@ class PretrainKind(RunKind):
         return {"audio_frames": self.cfg.model.audio_frames, "image_size": self.cfg.model.image_size}
 
     def max_steps(self, loader) -> int:
+        self.cfg = with_epoch_steps(self.cfg, len(loader))     # max_epochs: resolved (and recorded)
         return self.cfg.max_steps
 
     def marker(self, run: TrainingRun) -> dict:

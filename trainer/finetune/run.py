@@ -15,6 +15,7 @@ from pathlib import Path
 from trainer.engine.checkpoint import tag_of
 from trainer.engine.distributed import on_main_rank
 from trainer.engine.export import export_weights
+from trainer.engine.epochs import optimizer_steps_per_epoch
 from trainer.engine.loop import RunKind, RunSummary, TrainingRun, run_training
 from trainer.evaluation.shard_fit import normalization_options
 from trainer.model.file_metadata import loader_facts, marker_fields
@@ -59,11 +60,7 @@ class FinetuneKind(RunKind):
                 **normalization_options(self.model.facts, self.cfg.data.loader_options())}
 
     def max_steps(self, loader) -> int:
-        self.steps_per_epoch = len(loader) // self.cfg.gradient_accumulation
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"an epoch has {len(loader)} batches per rank, fewer than "
-                             f"gradient_accumulation={self.cfg.gradient_accumulation}; lower it or "
-                             f"data.batch_size")
+        self.steps_per_epoch = optimizer_steps_per_epoch(len(loader), self.cfg.gradient_accumulation)
         return self.cfg.schedule.epochs * self.steps_per_epoch
 
     def marker(self, run: TrainingRun) -> dict:
