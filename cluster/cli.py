@@ -69,7 +69,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from .user_errors import report_user_error, take_verbose, user_error_message
+
+    argv, verbose = take_verbose(list(sys.argv[1:] if argv is None else argv))
     commands = available_commands()
     if not argv or argv[0] in ("-h", "--help"):
         _top_parser(commands).print_help()
@@ -90,6 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"avsiam {name}: interrupted", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as exc:   # user errors: one line (see user_errors.py)
+        message = None if verbose else user_error_message(exc)
+        if message is None:
+            raise
+        return report_user_error(name, message)
     return int(code or 0)
 
 

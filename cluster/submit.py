@@ -105,6 +105,8 @@ def submit(script: str, timeout_s: float = 60.0) -> str:
 def main(args: argparse.Namespace) -> int:
     try:
         job = job_from_args(args)
+        from cluster.job_config import check_job_config
+        check_job_config(job.kind, job.job_args)    # the job's config, checked before the queue
     except ValueError as exc:
         print(f"avsiam submit: {exc}", file=sys.stderr)
         return 2

@@ -22,6 +22,7 @@ Where the paper and the official code differ, or the code has quirks, we chose:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Mapping
 
@@ -37,6 +38,7 @@ from .config import AVSiamConfig
 from .decoder import MAEDecoder
 from .embed import PatchPosEmbed, fbank_as_image, patchify
 from .heads import ClassifierHead
+from .parts import group_matcher
 from .init import create_timm_trunk, drop_path_rates, init_audio_embed, init_visual_embed
 from .packing import PackPlan, gather_tokens, run_blocks, split_by_count, uniform_count, visible_indices
 
@@ -73,6 +75,7 @@ class AVSiam(nn.Module):
         self.head_v = ClassifierHead(dim, num_classes)
         self.head_av = ClassifierHead(2 * dim, num_classes)
         self.grad_checkpointing = False
+        self.facts = None   # ModelFacts (file_metadata.py): training normalisation and labels, if known
 
     # ----------------------------------------------------------------- facts
     @property
@@ -200,16 +203,28 @@ class AVSiam(nn.Module):
         return {"embed_a.pos_embed", "embed_v.pos_embed", "decoder.pos_embed_a", "decoder.pos_embed_v",
                 "decoder.mask_token", "decoder.modality_a", "decoder.modality_v"}
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Model part -> regex of its parameter names (timm's convention; see `parts.py`)."""
+        return group_matcher(self.config.share_backbone, coarse)
+
     def reset_classifier(self, num_classes: int) -> None:
         for head in (self.head_a, self.head_v, self.head_av):
             head.reset(num_classes)
+        if self.facts is not None and num_classes != self.config.num_classes:
+            self.facts = dataclasses.replace(self.facts, labels=None)   # the old vocabulary is gone
         self.config.num_classes = num_classes
 
     # ------------------------------------------------------------ weight io
     def save(self, path: str | os.PathLike) -> None:
         """fp32 weights as safetensors, with the config so `AVSiam.load` rebuilds the same model."""
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict().items()}
-        save_state_dict_file(state, path, {CONFIG_METADATA_KEY: self.config.to_json(), "format": "avsiam"})
+        from .file_metadata import metadata_entries
+        save_state_dict_file(state, path, metadata_entries(self.config, self.facts))
+
+    @classmethod
+    def from_config(cls, cfg: AVSiamConfig) -> "AVSiam":
+        """The model `cfg` describes (fresh weights, or the timm weights `cfg.pretrained` names)."""
+        return cls(**dataclasses.asdict(cfg))
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "AVSiam":
@@ -220,11 +235,11 @@ class AVSiam(nn.Module):
             raise ValueError(f"{path}: no {CONFIG_METADATA_KEY!r} metadata; not written by avsiam "
                              "(official checkpoints load with AVSiam.from_official)")
         num_classes = overrides.pop("num_classes", None)
-        cfg = AVSiamConfig.from_json(metadata[CONFIG_METADATA_KEY], **overrides)
-        fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
-        model = cls(cfg.size, cfg.num_classes, **fields)
+        model = cls.from_config(AVSiamConfig.from_json(metadata[CONFIG_METADATA_KEY], **overrides))
         model.load_state_dict(state)
-        if num_classes is not None and num_classes != cfg.num_classes:  # fresh heads for another label set
+        from .file_metadata import facts_from_metadata
+        model.facts = facts_from_metadata(metadata)
+        if num_classes is not None and num_classes != model.config.num_classes:  # fresh heads for another label set
             model.reset_classifier(num_classes)
         return model
 
