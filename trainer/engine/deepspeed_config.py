@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .config import PretrainConfig
+from .phased_adam import keeps_two_states
 
 
 def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str,
@@ -59,7 +60,7 @@ def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: s
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": False,
     }
-    if cfg.objective.schedule == "official":
+    if keeps_two_states(cfg):
         # The client optimizer (phased_adam.PhasedAdam, built by create_engine) keeps two Adam states.
         del config["optimizer"]
         config["zero_allow_untested_optimizer"] = True
@@ -93,7 +94,7 @@ def create_engine(module, cfg: PretrainConfig, world_size: int, device_type: str
     check_resume(cfg.objective.schedule, load_universal)
     ds_config = derive_deepspeed_config(cfg, world_size, device_type, load_universal)
     groups = param_groups(module, cfg.optim.weight_decay)
-    optimizer = build_phased_adam(groups, cfg.optim) if cfg.objective.schedule == "official" else None
+    optimizer = build_phased_adam(groups, cfg.optim) if keeps_two_states(cfg) else None
     engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=None if optimizer else groups,
                                            optimizer=optimizer, config=ds_config)
     engine.train()
