@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 
 # name -> (module, one-line help). Order is the order of `avsiam --help`: the data flow.
@@ -33,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining job"),
     "demo": ("cluster.demo", "run the whole system on the built-in synthetic dataset"),
 }
+
+
+# Commands whose ranks catch SIGTERM/SIGUSR1 to checkpoint and stop (trainer/engine/signals.py).
+TRAINING_COMMANDS = ("pretrain", "finetune")
 
 
 def available_commands() -> dict[str, tuple[str, str]]:
@@ -80,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avsiam: unknown command {name!r}; choose from: {', '.join(commands)}", file=sys.stderr)
         return 2
     module_name, help_text = commands[name]
+    if name in TRAINING_COMMANDS:  # before torch & co: a stop signal sent while starting is kept
+        from trainer.engine.signals import install_early_handlers
+        install_early_handlers()
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"avsiam {name}", description=help_text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -87,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(parser, argv[1:])
     try:
         code = module.main(args)
+    except SystemExit as exc:
+        if not isinstance(exc.code, str):
+            raise
+        if os.environ.get("RANK", "0") == "0":   # a user error: said once, by rank 0
+            print(exc.code, file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"avsiam {name}: interrupted", file=sys.stderr)
         return 130

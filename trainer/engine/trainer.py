@@ -108,7 +108,8 @@ class _Run:
         batches = endless_batches(self.loader)
         stopped, last = "finished", None
         try:
-            with StopRequest(device=self.ctx.device) as stop:
+            with StopRequest(device=self.ctx.device, run_dir=cfg.out_dir,
+                             every_minutes=cfg.checkpoint.every_minutes) as stop:
                 while self.state.step < cfg.max_steps:
                     observer.start_step()
                     micro = [next(batches) for _ in range(cfg.deepspeed.gradient_accumulation)]
@@ -128,7 +129,7 @@ class _Run:
                         stopped, last = reason, self._save()
                         break
                     every = cfg.checkpoint.every_steps
-                    if every and self.state.step % every == 0:
+                    if (every and self.state.step % every == 0) or stop.save_now:
                         last = self._save()
             if stopped == "finished" and cfg.checkpoint.save_final:
                 last = self._save()

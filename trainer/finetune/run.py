@@ -119,7 +119,8 @@ class _Run:
         batches = endless_batches(self.loader)
         stopped = "finished"
         try:
-            with StopRequest(device=self.ctx.device) as stop:
+            with StopRequest(device=self.ctx.device, run_dir=cfg.out_dir,
+                             every_minutes=cfg.checkpoint.every_minutes) as stop:
                 while self.state.step < self.max_steps:
                     batch = next(batches)
                     lr = lr_at(self.state.step, cfg.optim, self.max_steps)
@@ -141,10 +142,13 @@ class _Run:
                         self._save()
                     if cfg.stop_at_step == step:
                         stop.request()
-                    if stop.should_stop() and step < self.max_steps:
-                        stopped = stop.reason if stop.received is not None else "requested"
+                    reason = stop.should_stop()
+                    if reason is not None and step < self.max_steps:
+                        stopped = reason
                         self._save()
                         break
+                    if stop.save_now:            # (a step saved above is not saved twice)
+                        self._save()
         finally:
             bar.close()
             metrics.close()
