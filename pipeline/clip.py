@@ -167,7 +167,8 @@ def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> Cl
                                 (info.duration is not None and seconds >= info.duration))
         total = frames_mod.frame_total(info.video.fps, available,
                                        info.video.nb_frames if whole else None)
-        indices = frames_mod.frame_indices(total, params.num_frames)
+        indices = frames_mod.frame_indices(total, params.num_frames, params.frame_sampling,
+                                           task.key)
     asked = sorted(set(indices))
     decoded = media.decode_window(path, info, start=start, seconds=seconds, frame_indices=asked,
                                   want_audio=info.audio is not None,
@@ -189,13 +190,15 @@ def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> Cl
         fbank_frames = int(bank.shape[0])
         moments = sample_moments(bank)
         members.append((fmt.FBANK_SUFFIX, _npy_bytes(bank)))
+    frame_times: list[float] = []
     if has_video:
         jpegs = [frames_mod.encode_jpeg(rgb, params.frame_size, params.jpeg_quality)
                  for rgb in decoded.frames]
         for i, jpeg in enumerate(frames_mod.expand_frames(indices, jpegs)):
             members.append((fmt.frame_suffix(i), jpeg))
+        frame_times = [_round(t) for t in frames_mod.expand_frames(indices, decoded.frame_times)]
     meta = _metadata(task, ctx, info, shown, fbank_frames, has_audio, has_video,
-                     window.source, decoded_s, coverage)
+                     window.source, decoded_s, coverage, frame_times)
     members.append((fmt.META_SUFFIX, meta))
     return ClipResult(task.row, task.key, task.source_id, shown, fmt.STATUS_OK, None, has_audio,
                       has_video, tuple(members), moments, decoded.ffmpeg_max_rss_kb, coverage,
@@ -230,7 +233,7 @@ def _round(value: float | None) -> float | None:
 
 def _metadata(task: ClipTask, ctx: ClipContext, info: media.MediaInfo, shown: str,
               fbank_frames: int, has_audio: bool, has_video: bool, window_source: str,
-              decoded_seconds: float, coverage: float) -> bytes:
+              decoded_seconds: float, coverage: float, frame_times: list[float]) -> bytes:
     video, audio = info.video, info.audio
     values = {
         "key": task.key, "source_id": task.source_id, "path": shown,
@@ -243,6 +246,7 @@ def _metadata(task: ClipTask, ctx: ClipContext, info: media.MediaInfo, shown: st
         "audio_channels": audio.channels if audio else None,
         "fbank_frames": fbank_frames,
         "num_frames": ctx.params.num_frames if has_video else 0,
+        "frame_times": frame_times,
         "has_audio": has_audio, "has_video": has_video,
         "format_version": fmt.FORMAT_VERSION, "pipeline_version": PIPELINE_VERSION,
         "params_hash": ctx.params_hash,

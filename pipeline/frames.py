@@ -1,9 +1,15 @@
-"""Which frames of a window are stored (CAV-MAE indices) and how they are encoded (JPEG).
+"""Which frames of a window are stored (`--frame-sampling`) and how they are encoded (JPEG).
 
-CAV-MAE takes frame i of N at index int(i * total / N) with total = min(frame count, fps * 10 s)
-counted from the clip start. Here the count is over the window: total = min(frames in the window,
-fps * window seconds). Indices repeat when total < N; ffmpeg decodes each distinct index once and
-`expand_frames` maps them back to N frames. Frames arrive from ffmpeg already scaled and cropped.
+`cavmae` (default, what this project follows): CAV-MAE takes frame i of N at index
+int(i * total / N) with total = min(frame count, fps * 10 s) counted from the clip start. Here the
+count is over the window: total = min(frames in the window, fps * window seconds).
+`avsiam`: AVSiam's own loaders take floor(linspace(s, total - 1, N)) with s = randint(0, 5) drawn
+per load; here s in 0..4 is drawn once per clip from its key (a re-run stores the same frames).
+Indices repeat when total < N; each distinct index is stored from one decoded frame (the nearest
+to index / fps, see `pipeline.frame_select`) and `expand_frames` maps them back to N frames.
+Frames arrive from ffmpeg already resized (`--frame-crop`: `center` = short side to the frame size,
+bicubic, then centre crop, as CAV-MAE; `squash` = the whole picture resized to a square, as
+AVSiam's loaders).
 
 A stored JPEG never exceeds `jpeg_budget(size)` (the frame's raw RGB size plus 2 KiB), the bound
 the plan uses for `--max-shard-bytes`: a frame whose JPEG would be larger (noise-like content at a
@@ -12,12 +18,17 @@ so the result is still a deterministic function of the frame.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 
 from PIL import Image
 
 _FALLBACK_QUALITIES = (95, 90, 80, 70, 50, 25, 10, 1)
+SAMPLINGS = ("cavmae", "avsiam")
+CROPS = ("center", "squash")
+AVSIAM_MAX_OFFSET = 4
+"""AVSiam's first index is randint(0, 5): 0..4."""
 
 
 def frame_total(fps: float, window_seconds: float, nb_frames: int | None = None) -> int:
@@ -28,9 +39,24 @@ def frame_total(fps: float, window_seconds: float, nb_frames: int | None = None)
     return max(total, 1)
 
 
-def frame_indices(total: int, num_frames: int) -> list[int]:
-    """The CAV-MAE indices int(i * total / N), i = 0..N-1 (may repeat when total < N)."""
-    return [i * total // num_frames for i in range(num_frames)]
+def frame_indices(total: int, num_frames: int, sampling: str = "cavmae", key: str = "") -> list[int]:
+    """The stored indices, i = 0..N-1 (may repeat when total < N): CAV-MAE's int(i * total / N),
+    or AVSiam's floor(linspace(s, total - 1, N)) with the clip's offset s (`avsiam_offset`)."""
+    if sampling == "cavmae":
+        return [i * total // num_frames for i in range(num_frames)]
+    if sampling != "avsiam":
+        raise ValueError(f"frame sampling must be one of {', '.join(SAMPLINGS)}, got {sampling!r}")
+    last = total - 1
+    first = min(avsiam_offset(key), last)
+    if num_frames == 1:
+        return [first]
+    return [first + (i * (last - first)) // (num_frames - 1) for i in range(num_frames)]
+
+
+def avsiam_offset(key: str) -> int:
+    """The clip's first AVSiam index in 0..4, a fixed function of its sample key."""
+    digest = hashlib.sha256(key.encode()).digest()
+    return int.from_bytes(digest[:4], "big") % (AVSIAM_MAX_OFFSET + 1)
 
 
 def expand_frames(indices: list[int], decoded: list) -> list:

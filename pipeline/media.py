@@ -2,9 +2,11 @@
 
 `probe` runs ffprobe and checks what the file claims (streams, dimensions, duration) against the
 limits before anything is decoded. `decode_window` builds one ffmpeg command with ffmpeg-python that
-seeks to the window (-ss/-t on the input) and writes two outputs at once: the window's audio
-(16 kHz, `-ac 1` downmix, s16le) on one pipe and the selected frames, already scaled (short side,
-bicubic) and centre-cropped inside the filter graph, as rgb24 on stdout. Every call is bounded in
+seeks to the window (-ss/-t on the input) and writes its outputs at once: the window's audio
+(16 kHz, `-ac 1` downmix, s16le) on one pipe, the candidate frames of the stored indices
+(`pipeline.frame_select`: non-reference frames left undecoded where the indices are far apart),
+already resized inside the filter graph, as rgb24 on stdout, and their presentation times on a
+third pipe. Every call is bounded in
 time, output bytes and memory (`pipeline.bounded_process`); failures raise `ClipError` with a code.
 
 Every call reads only the file it is given: its input may use only the `file` protocol and one of
@@ -17,13 +19,13 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
 import ffmpeg
 
-from pipeline import errors
+from pipeline import errors, frame_select
 from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessResult, ProcessTimeout,
                                       run_bounded)
 from pipeline.params import SAMPLE_RATE, ClipParams, MediaLimits
@@ -37,6 +39,8 @@ _REFUSED = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist|"
 FALLBACK_FPS = 25.0
 _MAX_SANE_FPS = 240.0
 _AUDIO = "audio"
+_TIMES = "times"
+_TIMES_LINE_BYTES = 96      # one framecrc line ("0, dts, pts, duration, size, crc") at most
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,8 @@ class Decoded:
     frames: list[bytes]          # rgb24 frame_size x frame_size, one per selected index, in order
     ffmpeg_max_rss_kb: int
     stderr: str = ""             # the end of ffmpeg's messages (e.g. "partial file")
+    frame_times: list[float] = field(default_factory=list)
+    """Presentation time (s from the window start) of each frame in `frames`."""
 
 
 def _input_url(path: Path) -> str:
@@ -194,29 +200,38 @@ def _video_stream(stream: dict, params: ClipParams) -> VideoStream:
                        _float(stream.get("duration")))
 
 
-def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
-                   frame_indices: list[int], params: ClipParams, limits: MediaLimits,
-                   video_url: str | None, audio_url: str | None) -> list[str]:
-    """The one ffmpeg command of a clip: seek to the window on the input; frames (when video_url)
-    picked by `select`, scaled short side (bicubic) and centre-cropped in the filter graph, as
-    rgb24; audio (when audio_url) downmixed to mono 16 kHz s16le."""
+def _resize(stream, params: ClipParams):
+    """Bicubic resize to a frame_size square: short side + centre crop, or the whole picture."""
     size = params.frame_size
+    if params.frame_crop == "squash":
+        return stream.filter("scale", size, size, flags="bicubic")
+    short = f"if(lt(iw,ih),{size},-1)", f"if(lt(iw,ih),-1,{size})"
+    return stream.filter("scale", short[0], short[1], flags="bicubic").filter("crop", size, size)
+
+
+def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
+                   targets: list[float], skip_nonref: bool, params: ClipParams,
+                   limits: MediaLimits, video_url: str | None, times_url: str | None,
+                   audio_url: str | None) -> list[str]:
+    """The one ffmpeg command of a clip: seek to the window on the input; frames (when video_url)
+    near the `targets` (s from the window start) passed by `select` (non-reference frames not
+    decoded when `skip_nonref`), resized in the filter graph, as rgb24, with their presentation
+    times as framecrc lines on times_url; audio (when audio_url) downmixed to mono 16 kHz s16le."""
     input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
     if start > 0:
         input_args["ss"] = f"{start:.6f}"
+    if video_url is not None and skip_nonref:
+        input_args["skip_frame:v"] = "noref"
     source = ffmpeg.input(_input_url(path), **INPUT_GUARD, **input_args)
     nodes = []
     if video_url is not None:
-        chosen = "+".join(f"eq(n,{i})" for i in frame_indices)
-        short = f"if(lt(iw,ih),{size},-1)", f"if(lt(iw,ih),-1,{size})"
-        video = (source[str(info.video.index)]
-                 .filter("fps", fps=f"{info.video.fps:.6f}")
-                 .filter("select", chosen)
-                 .filter("scale", short[0], short[1], flags="bicubic")
-                 .filter("crop", size, size))
-        nodes.append(ffmpeg.output(video, video_url, format="rawvideo", pix_fmt="rgb24",
+        chosen = frame_select.expression(targets, 1.0 / info.video.fps)
+        video = _resize(source[str(info.video.index)].filter("select", chosen), params).split()
+        nodes.append(ffmpeg.output(video[0], video_url, format="rawvideo", pix_fmt="rgb24",
                                    vsync="passthrough", threads=1, flush_packets=0,
                                    **OUTPUT_GUARD))
+        nodes.append(ffmpeg.output(video[1], times_url, format="framecrc", vsync="passthrough",
+                                   enc_time_base=-1, threads=1, **OUTPUT_GUARD))
     if audio_url is not None:
         # flush_packets 0: 32 KB writes instead of one per audio packet (fewer wake-ups)
         nodes.append(ffmpeg.output(source[str(info.audio.index)], audio_url, format="s16le",
@@ -238,19 +253,55 @@ def audio_limit_bytes(seconds: float) -> int:
 def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
                   frame_indices: list[int], want_audio: bool, want_video: bool,
                   params: ClipParams, limits: MediaLimits) -> Decoded:
-    """Decode [start, start+seconds) once: mono 16 kHz audio and the frames at `frame_indices`
-    (sorted, unique, counted at the stream's fps from the window start)."""
+    """Decode [start, start+seconds): mono 16 kHz audio and, for each of `frame_indices` (sorted,
+    unique, counted at the stream's fps from the window start), the decoded frame nearest to
+    index / fps with its presentation time (`pipeline.frame_select`). One ffmpeg process; a
+    second, video only, when skipping non-reference frames left a target without a frame within
+    one period."""
+    want_video = want_video and bool(frame_indices)
+    skip = want_video and frame_select.may_skip(frame_indices)
+    first = _decode_once(path, info, start=start, seconds=seconds, frame_indices=frame_indices,
+                         want_audio=want_audio, want_video=want_video, skip_nonref=skip,
+                         params=params, limits=limits)
+    if not want_video:
+        return first
+    rss, stderr = first.ffmpeg_max_rss_kb, first.stderr
+    frames, times, close = _pick(first, frame_indices, info.video.fps)
+    if skip and not close:
+        again = _decode_once(path, info, start=start, seconds=seconds,
+                             frame_indices=frame_indices, want_audio=False, want_video=True,
+                             skip_nonref=False, params=params, limits=limits)
+        frames, times, _ = _pick(again, frame_indices, info.video.fps)
+        rss, stderr = max(rss, again.ffmpeg_max_rss_kb), stderr + "\n" + again.stderr
+    return Decoded(first.audio, frames, rss, stderr, times)
+
+
+def _pick(decoded: Decoded, frame_indices: list[int], fps: float):
+    wanted = frame_select.targets(frame_indices, fps)
+    chosen, close = frame_select.pick(wanted, decoded.frame_times, 1.0 / fps)
+    return ([decoded.frames[j] for j in chosen], [decoded.frame_times[j] for j in chosen], close)
+
+
+def _decode_once(path: Path, info: MediaInfo, *, start: float, seconds: float,
+                 frame_indices: list[int], want_audio: bool, want_video: bool, skip_nonref: bool,
+                 params: ClipParams, limits: MediaLimits) -> Decoded:
+    """One bounded ffmpeg run; its video frames are all candidates, with their times."""
     size = params.frame_size
     outputs: dict[str, int] = {}
+    targets: list[float] = []
     if want_audio:
         outputs[_AUDIO] = audio_limit_bytes(seconds)
     if want_video:
-        outputs[STDOUT] = len(frame_indices) * size * size * 3
+        targets = frame_select.targets(frame_indices, info.video.fps)
+        most = frame_select.most_candidates(targets, 1.0 / info.video.fps, _MAX_SANE_FPS)
+        outputs[STDOUT] = most * size * size * 3
+        outputs[_TIMES] = most * _TIMES_LINE_BYTES + 4096
 
     def build(urls: dict[str, str]) -> list[str]:
-        return decode_command(path, info, start=start, seconds=seconds,
-                              frame_indices=frame_indices, params=params, limits=limits,
-                              video_url=urls.get(STDOUT), audio_url=urls.get(_AUDIO))
+        return decode_command(path, info, start=start, seconds=seconds, targets=targets,
+                              skip_nonref=skip_nonref, params=params, limits=limits,
+                              video_url=urls.get(STDOUT), times_url=urls.get(_TIMES),
+                              audio_url=urls.get(_AUDIO))
 
     result = _run_tool("ffmpeg", build, outputs=outputs, timeout_s=limits.decode_timeout_s,
                        limits=limits, failure=errors.DECODE_FAILED,
@@ -258,5 +309,11 @@ def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
     raw = result.outputs.get(STDOUT, b"")
     frame_bytes = size * size * 3
     frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
+    times = frame_select.parse_framecrc(result.outputs.get(_TIMES, b"").decode("ascii", "replace"))
+    if len(times) != len(frames) or times != sorted(times):
+        raise errors.ClipError(errors.DECODE_FAILED,
+                               f"ffmpeg gave {len(frames)} frames but {len(times)} frame times "
+                               f"(or times out of order)")
     return Decoded(audio=result.outputs.get(_AUDIO) if want_audio else None, frames=frames,
-                   ffmpeg_max_rss_kb=result.max_rss_kb, stderr=result.stderr_tail)
+                   ffmpeg_max_rss_kb=result.max_rss_kb, stderr=result.stderr_tail,
+                   frame_times=times)

@@ -20,9 +20,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
+from pipeline.frames import CROPS, SAMPLINGS
 from shards import format as fmt
 
-PIPELINE_VERSION = "1.1"
+PIPELINE_VERSION = "1.2"
 SAMPLE_RATE = 16000
 SEGMENT_MODES = ("auto", "full", "cut")
 CUT_TOLERANCE_S = 1.5
@@ -48,7 +49,13 @@ class ClipParams:
     num_frames: int = fmt.DEFAULT_NUM_FRAMES
     """Frames stored per clip, at CAV-MAE indices int(i * total / N)."""
     frame_size: int = fmt.DEFAULT_FRAME_SIZE
-    """Short side resized (bicubic) to this, then centre-cropped to frame_size x frame_size."""
+    """Side of the stored square frames."""
+    frame_crop: str = "center"
+    """"center": short side resized (bicubic) to frame_size, then centre-cropped (CAV-MAE);
+    "squash": the whole picture resized to frame_size x frame_size (AVSiam's loaders)."""
+    frame_sampling: str = "cavmae"
+    """"cavmae": indices int(i * total / N); "avsiam": floor(linspace(s, total - 1, N)) with
+    s in 0..4 fixed per clip from its key (see pipeline.frames)."""
     jpeg_quality: int = 90
     """PIL JPEG quality of the stored frames."""
     keep_single_modality: bool = False
@@ -75,6 +82,10 @@ class ClipParams:
         _check(fmt.MIN_FRAME_SIZE <= self.frame_size <= fmt.MAX_FRAME_SIZE,
                f"frame_size must be in {fmt.MIN_FRAME_SIZE}..{fmt.MAX_FRAME_SIZE}, got "
                f"{self.frame_size}")
+        _check(self.frame_crop in CROPS,
+               f"frame_crop must be one of {', '.join(CROPS)}, got {self.frame_crop!r}")
+        _check(self.frame_sampling in SAMPLINGS,
+               f"frame_sampling must be one of {', '.join(SAMPLINGS)}, got {self.frame_sampling!r}")
         _check(1 <= self.jpeg_quality <= 100,
                f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
         _check(0 < self.max_window_seconds <= 24 * 3600,
@@ -91,7 +102,8 @@ class ClipParams:
         out = asdict(self)
         out.update(cut_tolerance_seconds=CUT_TOLERANCE_S, sample_rate=SAMPLE_RATE,
                    audio_channels=1, fbank=dict(FBANK_ARGS),
-                   frame_filter="scale short side bicubic + centre crop (ffmpeg)",
+                   frame_filter="nearest decoded frame to index / fps (non-reference frames "
+                                "skipped when indices are >= 4 apart), resized bicubic (ffmpeg)",
                    format_version=fmt.FORMAT_VERSION, pipeline_version=PIPELINE_VERSION)
         return out
 

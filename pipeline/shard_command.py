@@ -8,6 +8,7 @@ import signal
 import sys
 
 from pipeline.errors import MISSING_FILE
+from pipeline.frames import CROPS, SAMPLINGS
 from pipeline.manifest import KINDS
 from pipeline.params import CUT_TOLERANCE_S, SEGMENT_MODES, ClipParams, MediaLimits
 from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
@@ -52,6 +53,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(a row that alone could pass it is refused, naming the bound)")
     output.add_argument("--num-frames", type=int, default=fmt.DEFAULT_NUM_FRAMES)
     output.add_argument("--frame-size", type=int, default=fmt.DEFAULT_FRAME_SIZE)
+    output.add_argument("--frame-crop", choices=CROPS, default=ClipParams().frame_crop,
+                        help="center: short side resized to --frame-size (bicubic) then centre "
+                        "crop, as CAV-MAE (default); squash: the whole picture resized to a "
+                        "square, as AVSiam's own loaders")
+    output.add_argument("--frame-sampling", choices=SAMPLINGS,
+                        default=ClipParams().frame_sampling,
+                        help="cavmae: frames at int(i * total / N) (default); avsiam: "
+                        "floor(linspace(s, total - 1, N)), s in 0..4 fixed per clip from its key")
     output.add_argument("--jpeg-quality", type=int, default=90)
     output.add_argument("--keep-single-modality", action="store_true",
                         help="keep audio-only / video-only clips (recorded per sample)")
@@ -88,6 +97,7 @@ def config_from_args(args: argparse.Namespace):
                       extensions=tuple(args.extensions.split(",")),
                       clip_seconds=args.clip_seconds)
     clip = ClipParams(num_frames=args.num_frames, frame_size=args.frame_size,
+                      frame_crop=args.frame_crop, frame_sampling=args.frame_sampling,
                       jpeg_quality=args.jpeg_quality,
                       keep_single_modality=args.keep_single_modality,
                       max_window_seconds=args.max_window_seconds, max_pixels=args.max_pixels,

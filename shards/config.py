@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .format import MAX_SAMPLE_BYTES, TARGET_FRAMES
 
 MODES = ("pretrain", "finetune", "eval")
+NORMALIZATIONS = ("paper", "dataset")
 
 # What each mode does unless an option says otherwise (CAV-MAE / AVSiam recipes).
 MODE_DEFAULTS: dict[str, dict] = {
@@ -39,8 +40,11 @@ class LoaderConfig:
     #                                 resume with another worker count if lanes is kept
     # --- audio
     audio_frames: int = TARGET_FRAMES
-    fbank_mean: float | None = None  # None: dataset.json next to the shards, else CAV-MAE -5.081
-    fbank_std: float | None = None   # None: dataset.json, else CAV-MAE 4.4849
+    normalization: str = "paper"     # fbank mean/std: paper (CAV-MAE/AVSiam -5.081 / 4.4849 for every
+    #                                  split, as the released weights saw) | dataset (the statistics in
+    #                                  the shards' dataset.json, else the paper's)
+    fbank_mean: float | None = None  # set both to override either choice
+    fbank_std: float | None = None
     norm_order: str = "pad_then_norm"  # CAV-MAE order (padding ends at ~+1.13) | norm_then_pad (0)
     noise: bool | None = None        # fbank += U(0,1) * U(0,1) / 10 (after normalising)
     roll: bool | None = None         # random roll along time by U{-F, F-1}
@@ -108,6 +112,8 @@ class LoaderConfig:
             raise ValueError(f"output_dtype must be float32, bfloat16 or float16, not {self.output_dtype!r}")
         if self.on_error not in ("skip", "raise"):
             raise ValueError(f"on_error must be skip or raise, not {self.on_error!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be paper or dataset, not {self.normalization!r}")
         if self.fbank_std is not None and self.fbank_std <= 0:
             raise ValueError(f"fbank_std must be > 0, got {self.fbank_std}")
         if self.shuffle_buffer is not None and self.shuffle_buffer < 0:

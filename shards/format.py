@@ -144,9 +144,14 @@ META_FIELDS = (
     "audio_rate", "audio_channels",              # of the source audio stream
     "fbank_frames",    # T of KEY.fbank.npy (0 when no audio)
     "num_frames",      # N frames stored
+    "frame_times",     # N presentation times (s from the window start) of the stored frames, in
+                       # order ([] without video); written since pipeline 1.2, optional to readers
     "has_audio", "has_video",
     "format_version", "pipeline_version", "params_hash",
 )
+
+OPTIONAL_META_FIELDS = ("frame_times",)
+"""Fields of META_FIELDS that samples written by older pipelines lack: readers accept them absent."""
 
 # --- per-shard record (Parquet) -----------------------------------------------------------------
 RECORD_COLUMNS = (

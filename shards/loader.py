@@ -75,6 +75,8 @@ def wanted_facts(cfg: LoaderConfig) -> set[str]:
     label_counts only where the mode needs them (fine-tuning; balanced sampling)."""
     wanted = {name for name in ("fbank_mean", "fbank_std", "num_frames")
               if getattr(cfg, name) is None}
+    if cfg.normalization == "paper":
+        wanted -= {"fbank_mean", "fbank_std"}
     if cfg.image_size is None:
         wanted.add("frame_size")
     if cfg.mode == "finetune" and cfg.num_classes is None:
@@ -97,8 +99,9 @@ def _check_datasets(cfg: LoaderConfig, datasets: list[DatasetSource]) -> None:
 
 
 def _norm_of(cfg: LoaderConfig, ds: DatasetSource) -> tuple[float, float]:
-    """fbank (mean, std): explicit options win; else the dataset's dataset.json; else CAV-MAE's."""
-    facts = ds.facts or {}
+    """fbank (mean, std): explicit options win; else the paper's constants, or with
+    normalization=dataset the dataset's dataset.json (else the constants)."""
+    facts = (ds.facts or {}) if cfg.normalization == "dataset" else {}
     mean = cfg.fbank_mean if cfg.fbank_mean is not None else facts.get("fbank_mean", DEFAULT_FBANK_MEAN)
     std = cfg.fbank_std if cfg.fbank_std is not None else facts.get("fbank_std", DEFAULT_FBANK_STD)
     return float(mean), float(std)

@@ -339,7 +339,7 @@ def _meta(data: bytes | None, key: str, problem) -> dict | None:
     if not isinstance(meta, dict):
         problem("json is not an object", key)
         return None
-    missing = [f for f in fmt.META_FIELDS if f not in meta]
+    missing = [f for f in fmt.META_FIELDS if f not in meta and f not in fmt.OPTIONAL_META_FIELDS]
     if missing:
         problem(f"json lacks {missing}", key)
         return None

@@ -175,3 +175,28 @@ class OfficialReference:
             kept = kept[torch.randperm(kept.numel(), generator=generator)]
             out.append(self.encode(tokens[i:i + 1, kept], modality).mean(1))
         return torch.cat(out)
+
+
+def official_tf_mask(batch: int, ratio: float, time: int = 64, freq: int = 8, seed: int = 0) -> torch.Tensor:
+    """random_masking_structured(mode='tf') of the official code, literally, for masking statistics:
+    per sample, Python's random.sample picks int(time * ratio * 0.7) time columns and (in a second
+    loop) int(freq * ratio * 0.7) frequency rows; their tokens get the score 1.1 over torch.rand
+    noise, the frequency-major sequence is argsorted and its first int(L * (1 - ratio)) tokens kept.
+    Returns bool [batch, freq * time], True = dropped."""
+    import random
+
+    picker = random.Random(seed)
+    generator = torch.Generator().manual_seed(seed)
+    tokens = freq * time
+    keep = int(tokens * (1 - ratio))
+    score = torch.rand(batch, freq, time, generator=generator)
+    for i in range(batch):
+        for column in picker.sample(range(time), int(time * ratio * 0.7)):
+            score[i, :, column] = 1.1
+    for i in range(batch):
+        for row in picker.sample(range(freq), int(freq * ratio * 0.7)):
+            score[i, row, :] = 1.1
+    order = torch.argsort(score.reshape(batch, tokens), dim=1)
+    dropped = torch.ones(batch, tokens)
+    dropped[:, :keep] = 0
+    return torch.gather(dropped, 1, torch.argsort(order, dim=1)).bool()

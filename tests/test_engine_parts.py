@@ -43,7 +43,20 @@ def test_overrides_are_typed_and_dotted():
     assert cfg.objective.contrastive_chunk == 8 and cfg.data.options == {"noise": True} and cfg.max_steps == 7
 
 
+def test_fbank_normalisation_is_the_papers_unless_dataset_is_chosen():
+    """data.normalization reaches the loader (and the resolved config the run records); paper by default."""
+    for name in preset_names():
+        if not name.startswith("finetune"):
+            assert load_config(name).data.normalization == "paper"
+    cfg = load_config("tiny_cpu", ["data.normalization=dataset", "data.options={noise: true}"])
+    assert cfg.data.loader_options() == {"normalization": "dataset", "noise": True}
+    assert cfg.to_dict()["data"]["normalization"] == "dataset"
+    assert load_config("tiny_cpu").data.loader_options()["normalization"] == "paper"
+
+
 @pytest.mark.parametrize("override,message", [
+    ("data.normalization=split", "data.normalization must be one of paper, dataset"),
+    ("data.options={normalization: dataset}", "data.options may not set ['normalization']"),
     ("optim.lrr=1", "unknown config key(s) ['optim.lrr']"),
     ("deepspeed.zero_stage=4", "deepspeed.zero_stage must be one of 1, 2, 3"),
     ("max_steps=abc", "max_steps: expected int"),

@@ -11,6 +11,7 @@ import torch
 import webdataset as wds
 
 from cluster.cli import main as avsiam
+from shards import format as F
 from shards.loader import make_loader
 
 torch.set_num_threads(1)
@@ -43,7 +44,8 @@ def ok_keys(folder) -> list[str]:
 def test_pretrain_reads_every_pipeline_sample(shards_dir):
     info = json.loads((shards_dir / "dataset.json").read_text())
     mean, std = info["fbank_stats"]["mean"], info["fbank_stats"]["std"]
-    loader = make_loader(str(shards_dir), mode="pretrain", batch_size=2, num_workers=2, seed=0)
+    loader = make_loader(str(shards_dir), mode="pretrain", batch_size=2, num_workers=2, seed=0,
+                         normalization="dataset")
     batches = list(loader)
     keys = [k for b in batches for k in b["keys"]]
     assert sorted(keys) == sorted(ok_keys(shards_dir)) and len(keys) == 8
@@ -57,6 +59,23 @@ def test_pretrain_reads_every_pipeline_sample(shards_dir):
     expected = (torch.from_numpy(fbank.astype(np.float32)) - mean) / std
     assert torch.allclose(first["audio"][0, :t], expected, atol=1e-5)
     assert torch.allclose(first["audio"][0, t:], torch.full((1024 - t, 128), -mean / std))
+
+
+def test_fbank_normalisation_uses_the_paper_constants_unless_dataset_is_chosen(shards_dir):
+    """Default: (fbank + 5.081) / 4.4849 for every split, whatever dataset.json measured."""
+    info = json.loads((shards_dir / "dataset.json").read_text())
+    assert abs(info["fbank_stats"]["mean"] - F.DEFAULT_FBANK_MEAN) > 0.1          # the stats differ
+    paper = make_loader(str(shards_dir), mode="eval", batch_size=2, audio_frames=1024)
+    measured = make_loader(str(shards_dir), mode="eval", batch_size=2, audio_frames=1024, normalization="dataset")
+    assert paper.spec.norm == ((-5.081, 4.4849),)
+    assert measured.spec.norm == ((info["fbank_stats"]["mean"], info["fbank_stats"]["std"]),)
+    a, b = next(iter(paper)), next(iter(measured))
+    t = 150                                                                     # frames of real audio
+    raw = b["audio"][:, :t] * info["fbank_stats"]["std"] + info["fbank_stats"]["mean"]
+    assert torch.allclose(a["audio"][:, :t], (raw + 5.081) / 4.4849, atol=1e-4)
+    assert torch.allclose(a["audio"][:, -1], torch.full_like(a["audio"][:, -1], 5.081 / 4.4849))
+    with pytest.raises(ValueError, match="normalization"):
+        make_loader(str(shards_dir), mode="eval", batch_size=2, normalization="split")
 
 
 def test_eval_all_frames_and_labels_from_pipeline_shards(shards_dir):

@@ -64,6 +64,7 @@ def meta_for(key: str, shard: int, index: int, *, num_frames: int, fbank_frames:
         "audio_rate": 16000, "audio_channels": 1,
         "fbank_frames": fbank_frames if has_audio else 0,
         "num_frames": num_frames if has_video else 0,
+        "frame_times": [i * 10.0 / num_frames for i in range(num_frames)] if has_video else [],
         "has_audio": has_audio, "has_video": has_video,
         "format_version": F.FORMAT_VERSION, "pipeline_version": "test", "params_hash": "0" * 8,
     }

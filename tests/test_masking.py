@@ -62,7 +62,7 @@ def test_tf_lines_follow_the_official_counts_and_fit_the_exact_count():
 
 @pytest.mark.parametrize("ratio", [0.2, 0.4, 0.6, 0.8])
 def test_audio_tf_structure_drops_whole_time_columns_and_frequency_rows(ratio):
-    masker = MultiRatioMasker(ratios=(ratio,), audio_grid=(8, 64), visual_grid=(14, 14))
+    masker = MultiRatioMasker(ratios=(ratio,), audio_grid=(8, 64), visual_grid=(14, 14), audio_mask="structured")
     masks = masker(16, generator=_gen(1))
     grid = masks.audio.reshape(16, 8, 64)           # frequency-major tokens
     n_rows, n_cols = tf_lines((8, 64), ratio)
@@ -77,8 +77,8 @@ def test_audio_tf_structure_drops_whole_time_columns_and_frequency_rows(ratio):
 def test_structured_audio_differs_from_unstructured():
     """Unstructured masks at 60% rarely drop whole columns; structured ones always drop >= 26."""
     kwargs = dict(ratios=(0.6,), audio_grid=(8, 64), visual_grid=(14, 14))
-    structured = MultiRatioMasker(**kwargs)(32, generator=_gen(2)).audio.reshape(32, 8, 64)
-    plain = MultiRatioMasker(audio_structured=False, **kwargs)(32, generator=_gen(2)).audio.reshape(32, 8, 64)
+    structured = MultiRatioMasker(audio_mask="structured", **kwargs)(32, generator=_gen(2)).audio.reshape(32, 8, 64)
+    plain = MultiRatioMasker(audio_mask="unstructured", **kwargs)(32, generator=_gen(2)).audio.reshape(32, 8, 64)
     assert (structured.all(dim=1).sum(1) >= 26).all()
     assert plain.all(dim=1).sum(1).float().mean() < 10
 
@@ -123,3 +123,48 @@ def test_masks_are_built_on_the_requested_device_without_sample_loops():
     masks = MultiRatioMasker()(4096, generator=_gen(0), device="cpu")
     assert masks.audio.device.type == "cpu" and masks.audio.shape == (4096, 512)
     assert torch.unique((~masks.audio).sum(1)).numel() == 5
+
+
+def _whole_lines(mask: torch.Tensor, grid=(8, 64)) -> tuple[float, float]:
+    """Mean number of whole time columns and whole frequency rows dropped per sample."""
+    cells = mask.reshape(-1, *grid)
+    return cells.all(dim=1).sum(1).float().mean().item(), cells.all(dim=2).sum(1).float().mean().item()
+
+
+# issue 19's figures for the official code (columns, rows) at 0.2 / 0.4 / 0.6 and structured's
+ISSUE_OFFICIAL = {0.2: (2.2, 0.2), 0.4: (6.2, 0.9), 0.6: (17.6, 1.9)}
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.4, 0.6, 0.8])
+def test_official_audio_mask_matches_the_official_line_statistics(ratio):
+    """`official` drops whole columns/rows as often as the official code (within 10%); `structured`
+    keeps every forced line whole, which the official code does not below 0.8."""
+    from tests.official_reference import official_tf_mask
+
+    batch = 6000
+    reference = official_tf_mask(batch, ratio, seed=11)
+    ref_cols, ref_rows = _whole_lines(reference)
+    masker = MultiRatioMasker(ratios=(ratio,), audio_grid=(8, 64), visual_grid=(14, 14), audio_mask="official")
+    ours = masker(batch, generator=_gen(4)).audio
+    assert (ours.sum(1) == 512 - keep_count(512, ratio)).all()        # exact count as before
+    cols, rows = _whole_lines(ours)
+    assert cols == pytest.approx(ref_cols, rel=0.1, abs=0.02)
+    assert rows == pytest.approx(ref_rows, rel=0.1, abs=0.02)
+    if ratio in ISSUE_OFFICIAL:
+        issue_cols, issue_rows = ISSUE_OFFICIAL[ratio]
+        assert cols == pytest.approx(issue_cols, rel=0.1) and rows == pytest.approx(issue_rows, abs=0.1)
+        whole = MultiRatioMasker(ratios=(ratio,), audio_grid=(8, 64), visual_grid=(14, 14), audio_mask="structured")
+        s_cols, _ = _whole_lines(whole(512, generator=_gen(4)).audio)
+        assert s_cols >= tf_lines((8, 64), ratio)[1] > 1.25 * cols
+    else:                                                                  # 0.8: the lines fit, all whole
+        assert rows == ref_rows == 4.0 and 35.0 <= cols < 35.1 and 35.0 <= ref_cols < 35.1
+
+
+def test_audio_mask_option_reaches_the_masker_and_is_checked():
+    from trainer.engine.config import ObjectiveConfig
+
+    assert ObjectiveConfig().audio_mask == "official" and MultiRatioMasker().audio_mask == "official"
+    with pytest.raises(ValueError, match="objective.audio_mask"):
+        ObjectiveConfig(audio_mask="tf")
+    with pytest.raises(ValueError, match="audio_mask"):
+        MultiRatioMasker(audio_mask="tf")

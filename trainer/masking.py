@@ -6,12 +6,20 @@ number of tokens (N - floor(N * (1 - ratio)), the official count), so groups hav
 
 - `MultiRatioMasker`: the batch is split at random into len(ratios) balanced groups, one ratio each
   (official: 5 groups {0, .2, .4, .6, .8}; audio and visual get independent group draws). Visual
-  masking is unstructured; audio masking is structured "tf": floor(0.7 * ratio * T) whole time
-  columns and floor(0.7 * ratio * F) whole frequency rows of the (F x T) patch grid are dropped, the
-  rest of the exact count at random. Where those lines hold more tokens than the count (with the
-  official integer rule: ratios 0.2, 0.4 and 0.6 on the 8 x 64 grid), whole frequency rows, then
-  columns, are given up until they fit; the official code instead drops a tie-order-dependent part of
-  the over-full set, so its lines are not whole there.
+  masking is unstructured. Audio masking (`audio_mask`) is time+frequency "tf" masking:
+  floor(0.7 * ratio * T) time columns and floor(0.7 * ratio * F) frequency rows of the (F x T) patch
+  grid are forced out, the rest of the exact count at random.
+  - `official` (default, the paper presets): the official rule as written: the forced tokens take one
+    value (1.1) above every random score and the lowest `keep` of an argsort are kept. Where the lines
+    hold more tokens than the count (ratios 0.2, 0.4 and 0.6 on the 8 x 64 grid) the sort's order among
+    those equal values decides which forced tokens stay, so lines are often broken there: whole
+    columns / rows dropped on average 2.3 / 0.15 at 0.2, 6.1 / 0.9 at 0.4, 17.5 / 1.9 at 0.6 (the
+    official code's own figures, measured against tests/official_reference.py). The argsort runs on
+    the CPU (a [batch, tokens] sort, cheap) because torch's CPU sort is what those figures come from;
+    a GPU sort orders equal values differently.
+  - `structured`: the lines are kept whole: where they hold more than the count, whole frequency
+    rows, then columns, are given up until they fit (8 / 0 at 0.2, 17 / 1 at 0.4, 26 / 2 at 0.6).
+  - `unstructured`: random tokens, like visual.
 - `random_masks`: one unstructured ratio for every sample (MAE reconstruction, 75%).
 Draws come from the given `torch.Generator` (on its device), so masks are deterministic per seed.
 """
@@ -23,6 +31,8 @@ from dataclasses import dataclass
 import torch
 
 _EPS = 1e-9
+_FORCED = 1.1           # the official score of forced tokens: above every uniform [0, 1) draw
+AUDIO_MASKS = ("official", "structured", "unstructured")
 
 
 @dataclass(frozen=True)
@@ -78,12 +88,25 @@ def _balanced_groups(batch: int, groups: int, generator, device) -> torch.Tensor
     return position * groups // max(batch, 1)
 
 
+def official_tf_lines(grid: tuple[int, int], ratio: float, fraction: float = 0.7) -> tuple[int, int]:
+    """(frequency rows, time columns) the official code forces out: int(lines * ratio * fraction) each."""
+    rows, cols = grid
+    return int(math.floor(rows * ratio * fraction + _EPS)), int(math.floor(cols * ratio * fraction + _EPS))
+
+
+def _official_tie_mask(noise: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """The official selection: keep the first `keep[i]` tokens of a CPU argsort of row i (forced
+    tokens share one value, so the sort's order among them decides which stay)."""
+    order = torch.argsort(noise.float().cpu(), dim=-1)
+    ranks = torch.argsort(order, dim=-1).to(noise.device)
+    return ranks >= keep[:, None]
+
+
 def tf_lines(grid: tuple[int, int], ratio: float, fraction: float = 0.7) -> tuple[int, int]:
     """(frequency rows, time columns) dropped whole at `ratio`: floor(fraction * ratio * lines) each
     (the official counts), minus whole rows, then columns, until they fit in the exact masked count."""
     rows, cols = grid
-    n_rows = int(math.floor(rows * ratio * fraction + _EPS))
-    n_cols = int(math.floor(cols * ratio * fraction + _EPS))
+    n_rows, n_cols = official_tf_lines(grid, ratio, fraction)
     masked = rows * cols - keep_count(rows * cols, ratio)
     while n_rows * cols + n_cols * rows - n_rows * n_cols > masked:
         if n_rows > 0:
@@ -110,7 +133,7 @@ class MultiRatioMasker:
     ratios: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
     audio_grid: tuple[int, int] = (8, 64)     # (frequency rows, time columns) of audio patches
     visual_grid: tuple[int, int] = (14, 14)
-    audio_structured: bool = True             # "tf" structured audio masking, else unstructured
+    audio_mask: str = "official"              # official | structured | unstructured (module docstring)
     structured_fraction: float = 0.7          # share of the ratio taken by whole time/frequency lines
     same_groups: bool = False                 # True: a sample's audio and visual share one ratio
 
@@ -118,6 +141,8 @@ class MultiRatioMasker:
         self.ratios = tuple(float(r) for r in self.ratios)
         if not self.ratios or any(not 0.0 <= r < 1.0 for r in self.ratios):
             raise ValueError(f"ratios must be a non-empty list of values in [0, 1), got {self.ratios}")
+        if self.audio_mask not in AUDIO_MASKS:
+            raise ValueError(f"audio_mask must be one of {', '.join(AUDIO_MASKS)}; got {self.audio_mask!r}")
         if not 0.0 <= self.structured_fraction <= 1.0:
             raise ValueError(f"structured_fraction must be in [0, 1], got {self.structured_fraction}")
         self.audio_grid, self.visual_grid = tuple(self.audio_grid), tuple(self.visual_grid)
@@ -138,13 +163,19 @@ class MultiRatioMasker:
         keep_a = torch.tensor([keep_count(self.audio_tokens, r) for r in self.ratios], device=device)[group_a]
         keep_v = torch.tensor([keep_count(self.visual_tokens, r) for r in self.ratios], device=device)[group_v]
         noise_a = _rand((batch_size, self.audio_tokens), generator, device)
-        if self.audio_structured:
-            lines = torch.tensor([tf_lines(self.audio_grid, r, self.structured_fraction) for r in self.ratios],
+        if self.audio_mask == "unstructured":
+            mask_a = mask_from_noise(noise_a, keep_a)
+        else:
+            line_rule = tf_lines if self.audio_mask == "structured" else official_tf_lines
+            lines = torch.tensor([line_rule(self.audio_grid, r, self.structured_fraction) for r in self.ratios],
                                  device=device)[group_a]
             forced = _tf_forced(lines[:, 0], lines[:, 1], self.audio_grid, generator, device)
-            noise_a = noise_a + 2.0 * forced
+            if self.audio_mask == "structured":
+                mask_a = mask_from_noise(noise_a + 2.0 * forced, keep_a)
+            else:
+                mask_a = _official_tie_mask(noise_a.masked_fill(forced, _FORCED), keep_a)
         noise_v = _rand((batch_size, self.visual_tokens), generator, device)
-        return TokenMasks(mask_from_noise(noise_a, keep_a), mask_from_noise(noise_v, keep_v))
+        return TokenMasks(mask_a, mask_from_noise(noise_v, keep_v))
 
 
 def random_masks(batch_size: int, ratio: float, audio_tokens: int, visual_tokens: int,

@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from shards.config import NORMALIZATIONS
+from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -32,16 +34,25 @@ class DataConfig:
     train: str = ""                 # shard URLs: a brace pattern, a folder of shards or a list
     batch_size: int = 8             # samples per rank per micro-batch = the rank's contrastive batch
     num_workers: int = 2            # loader worker processes per rank
+    # fbank mean/std: paper (-5.081 / 4.4849, every split alike, as the released weights saw) |
+    # dataset (the shards' measured dataset.json statistics). Recorded in the model file.
+    normalization: str = "paper"
     options: dict[str, Any] = field(default_factory=dict)  # further make_loader options (LoaderConfig)
 
     def __post_init__(self) -> None:
         _positive("data.batch_size", self.batch_size)
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
-        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode"} & set(self.options)
+        _choice("data.normalization", self.normalization, NORMALIZATIONS)
+        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode", "normalization"} \
+            & set(self.options)
         if reserved:
             raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
-                             "(use data.batch_size, data.num_workers, seed)")
+                             "(use data.batch_size, data.num_workers, data.normalization, seed)")
+
+    def loader_options(self) -> dict[str, Any]:
+        """make_loader keyword options of this section (beyond batch size and workers)."""
+        return {"normalization": self.normalization, **self.options}
 
 
 @dataclass(kw_only=True)
@@ -49,7 +60,9 @@ class ObjectiveConfig:
     """The two pretraining losses and how a step computes them."""
 
     mask_ratios: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # multi-ratio groups (contrastive)
-    audio_structured: bool = True   # time+frequency structured audio masking (official "tf")
+    # Audio "tf" masking of the contrastive groups (trainer/masking.py): official (the official code's
+    # rule and its line statistics) | structured (whole lines kept whole) | unstructured.
+    audio_mask: str = "official"
     packed: bool = False            # all mask groups in one encoder pass (attention masks)
     reconstruction_ratio: float = 0.75
     norm_pix_loss: bool = False     # per-patch target normalisation (off in the released code)
@@ -78,6 +91,7 @@ class ObjectiveConfig:
             raise ValueError("objective loss weights must be >= 0 and not both 0")
         _positive("objective.temperature", self.temperature)
         _choice("objective.schedule", self.schedule, OBJECTIVE_SCHEDULES)
+        _choice("objective.audio_mask", self.audio_mask, AUDIO_MASKS)
         for name in ("contrastive_chunk", "reconstruction_chunk"):
             value = getattr(self, name)
             if value is not None:

@@ -69,7 +69,7 @@ class _Run:
         self.loader = make_loader(cfg.data.train, mode="pretrain", batch_size=cfg.data.batch_size,
                                   rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                                   seed=cfg.seed, **{"audio_frames": cfg.model.audio_frames,
-                                                    "image_size": cfg.model.image_size, **cfg.data.options})
+                                                    "image_size": cfg.model.image_size, **cfg.data.loader_options()})
         self.state = TrainState()
         self.resumed_from = point
         if point is not None:
@@ -77,7 +77,7 @@ class _Run:
         model = module.model
         self.masks = MaskPlan(
             MultiRatioMasker(ratios=cfg.objective.mask_ratios, audio_grid=model.audio_grid,
-                             visual_grid=model.visual_grid, audio_structured=cfg.objective.audio_structured),
+                             visual_grid=model.visual_grid, audio_mask=cfg.objective.audio_mask),
             cfg.objective.reconstruction_ratio, _count(model.audio_grid), _count(model.visual_grid),
             seed=cfg.seed, rank=ctx.rank, group=cfg.objective.contrastive_chunk)
         self.stepper = PretrainStep(self.engine, cfg.objective)

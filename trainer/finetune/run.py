@@ -85,7 +85,7 @@ class _Run:
                                   num_workers=cfg.data.num_workers, seed=cfg.seed,
                                   **{"audio_frames": mc.audio_frames, "image_size": mc.image_size,
                                      "num_classes": cfg.num_classes,
-                                     "require_labels": cfg.loss == "ce", **cfg.data.options})
+                                     "require_labels": cfg.loss == "ce", **cfg.data.loader_options()})
         self.steps_per_epoch = len(self.loader)
         self.max_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.state = TrainState()

@@ -29,13 +29,17 @@ class SizeSpec:
 SIZES: dict[str, SizeSpec] = {
     # Tests and the CPU demo: the ViT-Ti geometry with a small decoder.
     "tiny": SizeSpec("vit_tiny_patch16_224", "augreg_in21k", 192, 12, 3, 16, 128, 2, 4),
-    # The paper's sizes; the decoder is the Base code's (512-d, 8 blocks, 16 heads).
-    "base": SizeSpec("vit_base_patch16_224", "augreg_in21k", 768, 12, 12, 16, 512, 8, 16),
+    # The paper's sizes; the decoder is the Base code's (512-d, 8 blocks, 16 heads). Weights tags: the
+    # ImageNet-21k ViT each was pretrained from. Base: the official code loads the original Google
+    # in-21k ViT-B/16 (jx_vit_base_patch16_224_in21k) over the augreg weights = timm's orig_in21k;
+    # Large and Huge as the paper names them (augreg_in21k, orig_in21k).
+    "base": SizeSpec("vit_base_patch16_224", "orig_in21k", 768, 12, 12, 16, 512, 8, 16),
     "large": SizeSpec("vit_large_patch16_224", "augreg_in21k", 1024, 24, 16, 16, 512, 8, 16),
     "huge": SizeSpec("vit_huge_patch14_224", "orig_in21k", 1280, 32, 16, 14, 512, 8, 16),
 }
 
 AUDIO_POS_INITS = ("grid", "sequence")
+FROM_SCRATCH = "none"   # model.pretrained=none: random initialisation chosen on purpose
 
 
 @dataclass(kw_only=True)
@@ -49,7 +53,9 @@ class AVSiamConfig:
     image_size: int = 224             # square RGB frames
     depth: int | None = None          # encoder blocks; None = the size's
     share_backbone: bool = True       # False: separate attention/MLP per modality (AVSep / CAV-MAE-like)
-    pretrained: str | None = None     # local timm ViT weights (.safetensors/.pth); never downloaded
+    # Local timm ViT weights (.safetensors/.pth) of `timm_weights`; never downloaded. None: random
+    # initialisation (pretraining a paper size refuses that; "none" starts from scratch on purpose).
+    pretrained: str | None = None
     decoder_dim: int | None = None
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -82,6 +88,16 @@ class AVSiamConfig:
     @property
     def spec(self) -> SizeSpec:
         return SIZES[self.size]
+
+    @property
+    def timm_weights(self) -> str:
+        """The timm model.tag whose weights this size starts from, e.g. vit_base_patch16_224.orig_in21k."""
+        return f"{self.spec.timm_name}.{self.spec.weights_tag}"
+
+    @property
+    def pretrained_file(self) -> str | None:
+        """The weights file to load, None for random initialisation (pretrained null or "none")."""
+        return None if self.pretrained in (None, FROM_SCRATCH) else self.pretrained
 
     @property
     def embed_dim(self) -> int:

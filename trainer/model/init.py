@@ -20,9 +20,9 @@ from .embed import PatchPosEmbed
 def create_timm_trunk(cfg: AVSiamConfig) -> nn.Module:
     """The size's timm VisionTransformer at this config's image size and depth, classifier removed."""
     kwargs = dict(num_classes=0, img_size=cfg.image_size, depth=cfg.encoder_depth, drop_path_rate=0.0)
-    if cfg.pretrained is None:
+    if cfg.pretrained_file is None:
         return timm.create_model(cfg.spec.timm_name, pretrained=False, **kwargs)
-    state = load_state_dict_file(cfg.pretrained)
+    state = load_state_dict_file(cfg.pretrained_file)
     # Pass the tensors straight in: timm then never looks at a URL or the hub.
     overlay = dict(state_dict=state, file=None, url=None, hf_hub_id=None, source="")
     try:
