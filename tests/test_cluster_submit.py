@@ -45,6 +45,9 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     # node and rank counts come from SLURM's environment, never written a second time
     assert '--nnodes="$SLURM_JOB_NUM_NODES"' in script
     assert '--nproc-per-node="$procs_per_node"' in script
+    # torchrun leaves TERM to its ranks (its handler would stop them before they saved)
+    assert "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in script
+    assert """bash -c 'trap "" USR1 TERM; exec "$0" "$@"'""" in script
     assert "-m cluster.ranks --expect 8 --expect-source '--gpus-per-node 8'" in script
     # the run folder (stop-request files) is resolved at submit time, from where submit runs
     assert f"run_dir='{REPO}/runs/large run'" in script
