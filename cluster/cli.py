@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import os
 import sys
 
 # name -> (module, one-line help). Order is the order of `avsiam --help`: the data flow.
@@ -31,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trainer.eval_command", "evaluate: classification (mAP, accuracy) or retrieval"),
     "embed": ("trainer.embed_command", "write audio and visual embeddings of shards to Parquet"),
     "plot": ("trainer.plot_command", "draw figures (t-SNE of embeddings, loss curves)"),
-    "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining job"),
+    "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining or fine-tuning job"),
     "demo": ("cluster.demo", "run the whole system on the built-in synthetic dataset"),
 }
 
@@ -74,7 +73,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    from .user_errors import report_user_error, take_verbose, user_error_message
+
+    argv, verbose = take_verbose(list(sys.argv[1:] if argv is None else argv))
     commands = available_commands()
     if not argv or argv[0] in ("-h", "--help"):
         _top_parser(commands).print_help()
@@ -95,15 +96,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(parser, argv[1:])
     try:
         code = module.main(args)
-    except SystemExit as exc:
-        if not isinstance(exc.code, str):
-            raise
-        if os.environ.get("RANK", "0") == "0":   # a user error: said once, by rank 0
-            print(exc.code, file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"avsiam {name}: interrupted", file=sys.stderr)
         return 130
+    except (Exception, SystemExit) as exc:   # user errors: one line (see user_errors.py)
+        message = None if verbose else user_error_message(exc)
+        if message is None:
+            raise
+        return report_user_error(name, message)
     return int(code or 0)
 
 

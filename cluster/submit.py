@@ -14,6 +14,7 @@ may be asked for with --gpus-per-node, --gres gpu[:type]:N, --gpus or --gpus-per
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
 import subprocess
@@ -21,7 +22,6 @@ import sys
 from pathlib import Path
 
 from cluster.ranks import requested_gpus_per_node
-from cluster.run_folder import run_folder
 from cluster.sbatch_script import DEFAULT_OUTPUT, TRAINING_KINDS, JobScript, SbatchOptions, render
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -99,6 +99,18 @@ def _add_job_options(parser: argparse.ArgumentParser, kind: str) -> None:
     run.add_argument("--save-script", type=Path, help="also write the script to this file")
     run.add_argument("job_args", nargs=argparse.REMAINDER,
                      help=f"after --: arguments of `avsiam {kind}` inside the job")
+
+
+def run_folder(kind: str, job_args: list[str], workdir: Path) -> Path:
+    """The absolute run folder of the job (its stop-request files live there), from its config as
+    the job will build it; the config is checked here, before the queue (ValueError)."""
+    from trainer.job_config import check_job_config
+    config = check_job_config(kind, job_args)
+    if config is None:
+        raise ValueError(f"give the job's arguments after --, e.g. -- --config tiny_cpu "
+                         f"data.train=SHARDS (as for avsiam {kind})")
+    out = Path(config.out_dir).expanduser()
+    return out if out.is_absolute() else Path(os.path.normpath(workdir / out))
 
 
 def job_from_args(args: argparse.Namespace, cwd: Path | None = None) -> JobScript:

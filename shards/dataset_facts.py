@@ -103,7 +103,8 @@ class _Checker:
         shown = repr(value)
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
         option = {"frame_size": "image_size"}.get(self.option, self.option)
-        override = f", or set the loader option {option}" if option else ""
+        override = f", or set the loader option {option} (data.options.{option}=... in a run config)" \
+            if option else ""
         raise MetadataError(f"{self.where}: {field} is {shown}, expected {expected}; fix or "
                             f"remove the field{override}")
 

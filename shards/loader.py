@@ -113,7 +113,8 @@ def _train_epoch_batches(cfg: LoaderConfig, datasets: list[DatasetSource]) -> in
         unknown = [s.url for ds in datasets for s in ds.shards if s.samples is None]
         if unknown:
             raise ValueError(f"the number of samples per epoch is unknown: {_some(unknown)} "
-                             "no .parquet record (pipe: URLs never do); pass samples_per_epoch=N "
+                             "no .parquet record (pipe: URLs never do); set the loader option "
+                             "samples_per_epoch (data.options.samples_per_epoch=N in a run config) "
                              "or write the shards with `avsiam shard`")
         total = sum(ds.samples for ds in datasets)
     per_step = cfg.batch_size * cfg.world_size
@@ -153,7 +154,8 @@ def _balance(cfg: LoaderConfig, datasets: list[DatasetSource]):
         if total is None:
             total = cfg.samples_per_epoch
         if total is None:
-            raise ValueError("balanced sampling needs the dataset size: pass samples_per_epoch")
+            raise ValueError("balanced sampling needs the dataset size: set the loader option "
+                             "samples_per_epoch (data.options.samples_per_epoch=N in a run config)")
     else:
         found = manifest_label_counts(ds.root, ds.shards, cfg.num_classes) if ds.root else None
         counts, total = found if found is not None else scan_label_counts(ds.shards, cfg.num_classes)

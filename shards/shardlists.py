@@ -49,8 +49,9 @@ def check_enough_shards(dataset: DatasetSource, world_size: int, lanes: int) -> 
     if n < need:
         raise ValueError(
             f"{n} shards cannot feed world_size x lanes = {world_size} x {lanes} = {need} streams "
-            "without replacement: write more, smaller shards (avsiam shard --shard-size), use fewer "
-            "workers (lanes), or pass resampled=True")
+            "without replacement: write more, smaller shards (avsiam shard --samples-per-shard), use "
+            "fewer workers (lanes; data.num_workers in a run config), or set the loader option "
+            "resampled=True (data.options.resampled=true)")
 
 
 def lane_shards(dataset: DatasetSource, *, seed: int, epoch: int, rank: int, world_size: int,

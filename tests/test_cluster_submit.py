@@ -74,12 +74,12 @@ def test_shard_array_passes_task_k_of_n_and_workers_from_slurm():
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
-@pytest.mark.parametrize("kind,extra", [("shard", ["--array", "3"]),
-                                        ("pretrain", ["--nodes", "2"])])
-def test_rendered_scripts_are_valid_bash(kind, extra, tmp_path):
+@pytest.mark.parametrize("kind,extra,job", [("shard", ["--array", "3"], ["--x", "y z"]),
+                                            ("pretrain", ["--nodes", "2"],   # a config submit accepts
+                                             ["--config", "tiny_cpu", "out_dir=y z"])])
+def test_rendered_scripts_are_valid_bash(kind, extra, job, tmp_path):
     script = tmp_path / f"{kind}.sbatch"
-    proc = _avsiam_submit(kind, *extra, "--save-script", str(script), "--dry-run", "--",
-                          "--config", "tiny_cpu", "--x", "y z")
+    proc = _avsiam_submit(kind, *extra, "--save-script", str(script), "--dry-run", "--", *job)
     assert proc.returncode == 0, proc.stderr
     assert script.read_text() == proc.stdout
     check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True, timeout=30)

@@ -45,13 +45,12 @@ def test_overrides_are_typed_and_dotted():
 
 def test_fbank_normalisation_is_the_papers_unless_dataset_is_chosen():
     """data.normalization reaches the loader (and the resolved config the run records); paper by default."""
-    for name in preset_names():
-        if not name.startswith("finetune"):
-            assert load_config(name).data.normalization == "paper"
-    cfg = load_config("tiny_cpu", ["data.normalization=dataset", "data.options={noise: true}"])
+    for name in ("avsiam_base", "avsiam_large", "avsiam_huge"):
+        assert load_config(name).data.normalization == "paper"
+    assert load_config(None).data.loader_options() == {"normalization": "paper"}
+    cfg = load_config("tiny_cpu", ["data.options={noise: true}"])     # the demo: synthetic sound's own stats
     assert cfg.data.loader_options() == {"normalization": "dataset", "noise": True}
     assert cfg.to_dict()["data"]["normalization"] == "dataset"
-    assert load_config("tiny_cpu").data.loader_options()["normalization"] == "paper"
 
 
 @pytest.mark.parametrize("override,message", [
@@ -70,7 +69,8 @@ def test_bad_overrides_are_clear_errors(override, message):
 
 
 def test_deepspeed_config_is_derived():
-    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "deepspeed.gradient_accumulation=2"])
+    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "deepspeed.gradient_accumulation=2",
+                                      "objective.schedule=sum"])
     ds = derive_deepspeed_config(cfg, world_size=16, device_type="cuda")
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"] == {"enabled": True}
     assert ds["train_micro_batch_size_per_gpu"] == 192 and ds["gradient_accumulation_steps"] == 1
@@ -83,6 +83,9 @@ def test_deepspeed_config_is_derived():
     assert "bf16" not in cpu and cpu["checkpoint"] == {"load_universal": True} and cpu["wall_clock_breakdown"]
     with pytest.raises(ValueError, match="fp16 needs CUDA"):
         derive_deepspeed_config(load_config("tiny_cpu", ["deepspeed.precision=fp16"]), 1, "cpu")
+    # the official schedule's two Adam states: PhasedAdam is the client optimizer, not DeepSpeed's Adam
+    official = derive_deepspeed_config(load_config("avsiam_base"), world_size=16, device_type="cuda")
+    assert "optimizer" not in official and official["zero_allow_untested_optimizer"] is True
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------

@@ -166,3 +166,17 @@ def test_subset_reports_classes_with_too_few_clips():
     assert got.short_classes == {1: 1} and len(got.indices) == 3
     with pytest.raises(RetrievalInputError, match="duplicate"):
         select_per_class(["a", "a"], [[0], [0]], per_class=1)
+
+
+def test_retrieval_header_gives_the_real_clips_per_class():
+    """--per-class 5 on 2 clips per class: the header says 2 per class (and what was asked)."""
+    from trainer.evaluation.embeddings import EmbeddingTable
+    from trainer.evaluation.protocols import retrieval_payload
+    rng = np.random.default_rng(0)
+    labels = [[0], [0], [1], [1], [2], [2]]
+    table = EmbeddingTable([f"k{i}" for i in range(6)], labels, rng.normal(size=(6, 8)).astype(np.float32),
+                           rng.normal(size=(6, 8)).astype(np.float32), {})
+    _, tables = retrieval_payload(table, per_class=5, seed=0)
+    assert "6 clips (2 per class, asked 5, 3 classes)" in tables[0].render()
+    _, tables = retrieval_payload(table, per_class=2, seed=0)
+    assert "(2 per class, 3 classes)" in tables[0].render()

@@ -50,7 +50,7 @@ def frame_index(visual: torch.Tensor) -> int:
 
 
 def test_pretrain_defaults_pad_then_normalise_with_dataset_stats(split):
-    batch = first_batch(split, mode="pretrain")
+    batch = first_batch(split, mode="pretrain", normalization="dataset")
     assert batch["audio"].shape == (4, 1024, 128) and batch["audio"].dtype == torch.float32
     assert batch["visual"].shape == (4, 3, 32, 32)
     assert len(batch["keys"]) == 4 and len(batch["labels"]) == 4
@@ -123,7 +123,7 @@ def test_finetune_labels_multi_hot_smoothed_or_index(split):
 
 def test_specaugment_masks_bands_and_spans_before_normalising(split):
     opts = dict(mode="finetune", batch_size=8, audio_frames=256, num_classes=5, mixup=0.0,
-                noise=False, roll=False)
+                noise=False, roll=False, normalization="dataset")
     masked = first_batch(split, freqm=48, timem=192, **opts)["audio"]
     plain = first_batch(split, freqm=0, timem=0, **opts)["audio"]
     mask_value = torch.tensor(5.0 / 4.0)            # raw 0 -> (0 + 5) / 4
@@ -136,7 +136,7 @@ def test_specaugment_masks_bands_and_spans_before_normalising(split):
 
 def test_mixup_mixes_power_spectra_frames_and_labels(split):
     opts = dict(mode="finetune", batch_size=4, audio_frames=64, num_classes=5, noise=False,
-                roll=False, freqm=0, timem=0, label_smoothing=0.0, frames=0)
+                roll=False, freqm=0, timem=0, label_smoothing=0.0, frames=0, normalization="dataset")
     mixed = first_batch(split, mixup=1.0, **opts)
     plain = first_batch(split, mixup=0.0, **opts)
     assert mixed["keys"] == plain["keys"]

@@ -89,3 +89,25 @@ def test_export_timm_refuses_files_without_our_config(tmp_path, capsys):
     save_file({"x": torch.zeros(2)}, foreign)
     assert main(["export-timm", "--checkpoint", str(foreign), "--out", str(tmp_path / "o.safetensors")]) == 1
     assert "no model config" in capsys.readouterr().err
+
+
+def test_export_timm_pretrained_cfg_matches_training_input(tmp_path, capsys):
+    """The exported file's pretrained_cfg (and the printed snippet) give timm the transform of the
+    AVSiam loader: the model's frame size and ImageNet mean/std, not the augreg tag's 0.5 / 224."""
+    from timm.data import resolve_data_config
+
+    from shards.transforms import IMAGENET_MEAN, IMAGENET_STD
+    model = AVSiam(size="tiny", num_classes=3, image_size=48, audio_frames=64, depth=2, decoder_depth=1)
+    ours, exported = tmp_path / "ours.safetensors", tmp_path / "vit.safetensors"
+    model.save(ours)
+    assert main(["export-timm", "--checkpoint", str(ours), "--out", str(exported)]) == 0
+    snippet = capsys.readouterr().out.split("Load it with:\n", 1)[1]
+    scope: dict = {}
+    exec("\n".join(line[2:] for line in snippet.splitlines()), scope)   # the printed snippet runs
+    vit = scope["m"]
+    config = resolve_data_config(model=vit)
+    assert tuple(config["input_size"]) == (3, 48, 48)
+    assert tuple(config["mean"]) == IMAGENET_MEAN and tuple(config["std"]) == IMAGENET_STD
+    frames = torch.randn(2, 3, 48, 48)
+    with torch.no_grad():
+        assert torch.allclose(vit.eval()(frames), model.eval().embed_visual(frames), atol=1e-4)

@@ -48,9 +48,8 @@ def load_run_config(args: argparse.Namespace, load: Callable[[str, list[str]], A
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return None
-    if not cfg.data.train:
-        raise SystemExit(f"avsiam {command}: no training shards; set data.train=DIR_OR_URLS "
-                         "(e.g. the --out folder of `avsiam shard`)")
+    from trainer.engine.preflight import check_run_start
+    check_run_start(cfg, command)
     return cfg
 
 

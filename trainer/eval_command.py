@@ -29,8 +29,8 @@ def _add_inputs(parser: argparse.ArgumentParser, model_required: bool) -> None:
 
 def add_norm_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fbank-mean", type=float, default=None,
-                        help="fbank normalisation mean (default: the shards' dataset.json, else "
-                             "CAV-MAE's); use the training set's to match the model")
+                        help="fbank normalisation mean (default: the one the model was trained with, "
+                             "from its file; else the shards' dataset.json, else CAV-MAE's)")
     parser.add_argument("--fbank-std", type=float, default=None, help="fbank normalisation std")
 
 

@@ -78,9 +78,10 @@ def complete_checkpoints(root: Path) -> list[ResumePoint]:
     return sorted(found, key=lambda p: p.step)
 
 
-def find_resume_point(spec: str, root: Path) -> ResumePoint | None:
+def find_resume_point(spec: str, root: Path, flag: str = "--resume") -> ResumePoint | None:
     """`none` -> None; `auto` -> newest complete checkpoint in `root` (None if none); a path -> that
-    checkpoint folder, or the newest complete one in that root (an error if there is none)."""
+    checkpoint folder, or the newest complete one in that root (an error naming `flag` if there is
+    none)."""
     if spec == "none":
         return None
     if spec == "auto":
@@ -93,8 +94,9 @@ def find_resume_point(spec: str, root: Path) -> ResumePoint | None:
     if not points:
         state = "has no complete.json (an interrupted save?)" if path.is_dir() and _TAG_RE.match(path.name) \
             else "holds no complete checkpoint"
-        raise FileNotFoundError(f"--resume {spec}: {path} {state}; pass a step_NNNNNNNN folder written "
-                                "by `avsiam pretrain`, its parent folder, or `auto`")
+        choices = "" if flag == "--checkpoint" else ", or `auto`"
+        raise FileNotFoundError(f"{flag} {spec}: {path} {state}; pass a step_NNNNNNNN folder written "
+                                f"by `avsiam pretrain` or `avsiam finetune`, its parent folder{choices}")
     return points[-1]
 
 

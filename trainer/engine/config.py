@@ -24,7 +24,7 @@ from trainer.model.config import AVSiamConfig
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp16", "fp32")
 SCHEDULES = ("cosine", "multistep", "constant")
-OBJECTIVE_SCHEDULES = ("sum", "alternate")
+OBJECTIVE_SCHEDULES = ("sum", "alternate", "official")
 
 
 @dataclass(kw_only=True)
@@ -49,6 +49,8 @@ class DataConfig:
         if reserved:
             raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
                              "(use data.batch_size, data.num_workers, data.normalization, seed)")
+        from .preflight import check_loader_options
+        check_loader_options(self.options, batch_size=self.batch_size, num_workers=self.num_workers)
 
     def loader_options(self) -> dict[str, Any]:
         """make_loader keyword options of this section (beyond batch size and workers)."""
@@ -70,8 +72,10 @@ class ObjectiveConfig:
     reconstruction_weight: float = 1.0
     temperature: float = 0.05
     learnable_temperature: bool = False
-    # sum: one summed loss, one optimizer step per batch (default). alternate: the official loop, a
-    # contrastive optimizer step then a reconstruction step on the same batch (one shared Adam state).
+    # official: the official loop, a contrastive optimizer step then a reconstruction step on the
+    # same batch, each with its own Adam state (engine/phased_adam.py; the paper presets).
+    # sum: one summed loss, one optimizer step per batch (faster: one backward set, one update).
+    # alternate: the two steps of official sharing one Adam state.
     schedule: str = "sum"
     # Gradient caching: embed the rank's batch in chunks of this many samples without activations,
     # then re-run each chunk with gradients. None = the whole micro-batch in one pass.
@@ -179,7 +183,13 @@ class PretrainConfig:
     """A whole pretraining run."""
 
     out_dir: str = "runs/pretrain"  # TensorBoard logs, metrics.jsonl, checkpoints
-    max_steps: int = 1000           # optimizer steps (schedule length)
+    max_steps: int | None = 1000    # optimizer steps (schedule length); null when max_epochs gives it
+    # Run length in epochs of the training shards (the paper presets: 25): at start max_steps =
+    # round(max_epochs * steps_per_epoch), steps_per_epoch = the loader's batches per epoch (the
+    # shards' records / global batch) // gradient_accumulation (engine/epochs.py), so the lr
+    # milestones (fractions of max_steps) land on the same epochs for any dataset size and GPU count.
+    max_epochs: float | None = None
+    steps_per_epoch: int | None = None  # derived at start when max_epochs is set (recorded); may be given
     seed: int = 0
     device: str = "auto"            # auto (cuda when available) | cuda | cpu
     log_every: int = 10             # metric records every N steps (JSONL, TensorBoard)
@@ -194,7 +204,18 @@ class PretrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        _positive("max_steps", self.max_steps)
+        if self.max_epochs is None:
+            _positive("max_steps", self.max_steps)
+        else:
+            _positive("max_epochs", self.max_epochs)
+            if self.steps_per_epoch is not None:
+                _positive("steps_per_epoch", self.steps_per_epoch)
+            if self.max_steps is not None and self.steps_per_epoch is None:
+                raise ValueError(f"max_steps={self.max_steps} and max_epochs={self.max_epochs:g} are both set; "
+                                 "give one (max_epochs=null to count optimizer steps)")
+            if self.max_steps is not None and self.max_steps != epoch_steps(self.max_epochs, self.steps_per_epoch):
+                raise ValueError(f"max_steps={self.max_steps} is not max_epochs={self.max_epochs:g} x "
+                                 f"steps_per_epoch={self.steps_per_epoch}; leave max_steps null")
         _positive("log_every", self.log_every)
         _choice("device", self.device, ("auto", "cuda", "cpu"))
         if self.stop_at_step is not None:
@@ -206,6 +227,11 @@ class PretrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
+
+
+def epoch_steps(max_epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of `max_epochs` epochs of `steps_per_epoch` steps (at least 1)."""
+    return max(1, round(max_epochs * steps_per_epoch))
 
 
 # --- loading --------------------------------------------------------------------------------------

@@ -5,7 +5,9 @@ Choices made here, once:
   chunks, reconstruction chunks, accumulation micro-batches) all run inside one
   `engine.coalesce_grad_reduction()` block, so ZeRO reduces gradients once per optimizer step.
 - The optimizer is DeepSpeed's Adam (FusedAdam on CUDA, torch's Adam with `torch_adam` on CPU);
-  `adam_w_mode` is set explicitly because DeepSpeed's "Adam" type defaults to AdamW.
+  `adam_w_mode` is set explicitly because DeepSpeed's "Adam" type defaults to AdamW. With
+  `objective.schedule=official` it is `phased_adam.PhasedAdam` (two Adam states), passed as the
+  client optimizer.
 - The learning rate follows `schedule.lr_at(step)` and is set by the trainer each step, so it is
   exact on resume and needs no DeepSpeed scheduler state.
 """
@@ -57,6 +59,10 @@ def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: s
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": False,
     }
+    if cfg.objective.schedule == "official":
+        # The client optimizer (phased_adam.PhasedAdam, built by create_engine) keeps two Adam states.
+        del config["optimizer"]
+        config["zero_allow_untested_optimizer"] = True
     if ds.precision == "bf16":
         config["bf16"] = {"enabled": True}
     elif ds.precision == "fp16":
@@ -83,8 +89,12 @@ def create_engine(module, cfg: PretrainConfig, world_size: int, device_type: str
     import deepspeed
 
     from .module import param_groups
+    from .phased_adam import build_phased_adam, check_resume
+    check_resume(cfg.objective.schedule, load_universal)
     ds_config = derive_deepspeed_config(cfg, world_size, device_type, load_universal)
-    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=param_groups(module, cfg.optim.weight_decay),
-                                           config=ds_config)
+    groups = param_groups(module, cfg.optim.weight_decay)
+    optimizer = build_phased_adam(groups, cfg.optim) if cfg.objective.schedule == "official" else None
+    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=None if optimizer else groups,
+                                           optimizer=optimizer, config=ds_config)
     engine.train()
     return engine

@@ -9,23 +9,26 @@ from .module import model_state_from_module
 
 
 def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
-    """Write `out` (.safetensors, with the model config as metadata); returns (path, step)."""
+    """Write `out` (.safetensors, with the model config and the training facts of complete.json as
+    metadata: see trainer/model/file_metadata.py); returns (path, step)."""
     import torch
 
     from trainer.model import AVSiam, AVSiamConfig
+    from trainer.model.file_metadata import ModelFacts, config_text
 
-    point = find_resume_point(str(checkpoint), Path(checkpoint))
+    point = find_resume_point(str(checkpoint), Path(checkpoint), flag="--checkpoint")
     marker = read_marker(point.path)
     if not marker or "model_config" not in marker:
         raise ValueError(f"{point.path}/complete.json has no model_config; was it written by `avsiam pretrain`?")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     state = model_state_from_module(get_fp32_state_dict_from_zero_checkpoint(str(point.root), tag=point.tag))
-    cfg = AVSiamConfig.from_json(marker["model_config"])
+    cfg = AVSiamConfig.from_json(config_text(marker["model_config"]))
     fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
     with torch.device("meta"):
         model = AVSiam(cfg.size, cfg.num_classes, **fields)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
+    model.facts = ModelFacts.from_dict(marker.get("model_facts"))
     out = Path(out)
     model.save(out)
     return out, point.step

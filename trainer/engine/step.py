@@ -3,8 +3,10 @@
 Objective schedule (`objective.schedule`):
 - `sum` (default): L = w_c * L_contrastive + w_r * L_reconstruction, one optimizer step per batch.
   One gradient reduction and one Adam update per step, and it composes with gradient caching.
-- `alternate`: the official loop: a contrastive optimizer step, then a reconstruction optimizer step
-  on the same batch. The official code keeps two Adam states; here both steps share one.
+- `official` (the paper presets): the official loop, a contrastive optimizer step, then a
+  reconstruction optimizer step on the same batch, each with its own Adam state
+  (`phased_adam.PhasedAdam`, both states in the DeepSpeed checkpoint).
+- `alternate`: the same two steps sharing one Adam state.
 
 Gradient caching (`objective.contrastive_chunk = C`): the rank's batch is embedded in chunks of C
 under no_grad, the contrastive loss (gathered across ranks with gradient, rank-local rows) gives the
@@ -28,6 +30,7 @@ from shards.transforms import model_input
 from trainer.masking import MultiRatioMasker, TokenMasks, random_masks
 
 from .config import ObjectiveConfig
+from .phased_adam import phased_optimizer
 
 METRIC_KEYS = ("loss", "loss_contrastive", "contrastive_acc", "loss_reconstruction",
                "loss_rec_audio", "loss_rec_visual")
@@ -103,6 +106,7 @@ class PretrainStep:
         self.cfg = cfg
         self.device = engine.device
         self.dtype = _engine_dtype(engine)
+        self.phases = phased_optimizer(engine) if cfg.schedule == "official" else None
 
     # ------------------------------------------------------------------ public
     def run(self, inputs: list[StepInputs], lr: float) -> dict[str, float]:
@@ -114,6 +118,8 @@ class PretrainStep:
         else:
             for part in ("contrastive", "reconstruction"):
                 if self._weight(part) > 0:
+                    if self.phases is not None:
+                        self.phases.use(part)
                     self.accumulate(inputs, totals, (part,))
                     self._optimizer_step(lr)
         metrics = totals.floats()

@@ -55,6 +55,7 @@ class _Run:
 
         from .checkpoint import open_run_checkpoints
         from .deepspeed_config import create_engine
+        from .epochs import with_epoch_steps
         from .module import build_pretrain_module
         from .step import MaskPlan, PretrainStep
         from trainer.masking import MultiRatioMasker
@@ -70,6 +71,7 @@ class _Run:
                                   rank=ctx.rank, world_size=ctx.world_size, num_workers=cfg.data.num_workers,
                                   seed=cfg.seed, **{"audio_frames": cfg.model.audio_frames,
                                                     "image_size": cfg.model.image_size, **cfg.data.loader_options()})
+        self.cfg = cfg = with_epoch_steps(cfg, len(self.loader))
         self.state = TrainState()
         self.resumed_from = point
         if point is not None:
@@ -139,11 +141,12 @@ class _Run:
                             out_dir=cfg.out_dir)
 
     def _save(self):
+        from trainer.model.file_metadata import loader_facts, marker_fields
         return self.checkpointer.save(
             self.engine, self.state.step,
             client_state={"train": self.state.state_dict(), "config": self.cfg.to_dict()},
             rank_state={"loader": self.loader.state_dict()},
-            marker={"model_config": self.cfg.model.to_json()})
+            marker=marker_fields(self.cfg.model, loader_facts(self.loader)))
 
 
 def endless_batches(loader) -> Iterator[dict]:

@@ -1,12 +1,14 @@
 """What every evaluation reads: a model (see `model_source`) and an eval-mode loader of shards."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+log = logging.getLogger("trainer.evaluation")
 
 
 @dataclass(kw_only=True)
@@ -40,19 +42,40 @@ class EvalInputs:
 
 
 def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool):
-    """The eval-mode loader of the shards, shaped for `model` (fbank length, frame size).
+    """The eval-mode loader of the shards, shaped for `model` (fbank length, frame size), with the
+    model's training normalisation unless an option names one (see `shard_fit`).
 
     `frames`: "middle", "all" or an index. `with_classes`: labels as multi-hot over the model's
-    classes (classification); otherwise as lists of class indices (retrieval, embeddings).
+    classes (mapped by label id from the shards' vocabulary; a foreign one is refused); otherwise
+    as lists of the shards' class indices (retrieval, embeddings).
     """
+    from shards.dataset_facts import read_dataset_json
     from shards.loader import make_loader
+    from shards.sources import expand_urls
 
+    from .shard_fit import MappedLabels, label_mapping, normalization_options, size_warnings
+
+    facts = getattr(model, "facts", None)
     options = {"audio_frames": model.config.audio_frames, "image_size": model.config.image_size,
-               "frames": frames, **inputs.loader_options}
-    if with_classes:
-        options.setdefault("num_classes", model.config.num_classes)
-    return make_loader(inputs.shards, mode="eval", batch_size=inputs.batch_size,
-                       num_workers=inputs.num_workers, seed=0, **options)
+               "frames": frames, **normalization_options(facts, inputs.loader_options),
+               **inputs.loader_options}
+    _, root = expand_urls(inputs.shards, allow_pipe=bool(inputs.loader_options.get("allow_pipe")))
+    dataset = read_dataset_json(root) if root is not None else {}
+    where = f"{root}/dataset.json" if root is not None else str(inputs.shards)
+    for line in size_warnings(model.config, dataset, where):
+        log.warning(line)
+    mapping = None
+    if with_classes and "num_classes" not in options:
+        vocabulary = dataset.get("labels") if isinstance(dataset.get("labels"), dict) else {}
+        shard_ids = vocabulary.get("ids") if isinstance(vocabulary.get("ids"), list) else None
+        shard_classes = vocabulary.get("num_classes") if isinstance(vocabulary.get("num_classes"), int) \
+            and vocabulary.get("num_classes") > 0 else None
+        mapping = label_mapping(facts.label_ids if facts is not None else None, shard_ids,
+                                model.config.num_classes, shard_classes, where)
+        options["num_classes"] = len(mapping) if mapping is not None else model.config.num_classes
+    loader = make_loader(inputs.shards, mode="eval", batch_size=inputs.batch_size,
+                         num_workers=inputs.num_workers, seed=0, **options)
+    return MappedLabels(loader, mapping, model.config.num_classes) if mapping is not None else loader
 
 
 def progress_batches(loader, desc: str):

@@ -111,7 +111,7 @@ def retrieval_payload(table: EmbeddingTable, per_class: int, seed: int,
                "chance_class_r1": _chance_class_r1(chosen.labels), "subset": subset_info,
                "similarity": "cosine", "results": results, "summary": summary,
                "embedding": dict(table.metadata)}
-    out = Table(f"Retrieval: {len(chosen)} clips ({per_class or 'all'} per class, {classes} classes), "
+    out = Table(f"Retrieval: {len(chosen)} clips ({_clips_per_class(chosen.labels, per_class)}, {classes} classes), "
                 f"cosine similarity; instance = the paired clip, class = any clip of a shared class",
                 ["direction"] + [f"r{k}" for k in ks] + ["medr"] + [f"class_r{k}" for k in ks]
                 + ["class_medr"],
@@ -120,6 +120,17 @@ def retrieval_payload(table: EmbeddingTable, per_class: int, seed: int,
     for d, name in (("a2v", "audio->visual"), ("v2a", "visual->audio")):
         out.add(direction=name, **{k: results[f"{d}_{k}"] for k in out.columns[1:]})
     return payload, [out]
+
+
+def _clips_per_class(labels: list[list[int]], asked: int) -> str:
+    """How many clips each class really has in the set: "5 per class", "2-5 per class (asked 5)"."""
+    counts: dict[int, int] = {}
+    for clip in labels:
+        for c in set(clip):
+            counts[c] = counts.get(c, 0) + 1
+    low, high = min(counts.values(), default=0), max(counts.values(), default=0)
+    text = f"{low} per class" if low == high else f"{low}-{high} per class"
+    return text if not asked or low == high == asked else f"{text}, asked {asked}"
 
 
 def _chance_class_r1(labels: list[list[int]]) -> float:

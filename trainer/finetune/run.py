@@ -64,6 +64,7 @@ class _Run:
         from shards.loader import make_loader
         from trainer.engine.checkpoint import open_run_checkpoints
         from trainer.engine.trainer import TrainState
+        from trainer.evaluation.shard_fit import normalization_options
 
         from .heads import HeadSchedule
         from .module import FinetuneModule, build_finetune_model
@@ -85,7 +86,9 @@ class _Run:
                                   num_workers=cfg.data.num_workers, seed=cfg.seed,
                                   **{"audio_frames": mc.audio_frames, "image_size": mc.image_size,
                                      "num_classes": cfg.num_classes,
-                                     "require_labels": cfg.loss == "ce", **cfg.data.loader_options()})
+                                     "require_labels": cfg.loss == "ce",
+                                     **normalization_options(self.model.facts, cfg.data.loader_options()),
+                                     **cfg.data.loader_options()})
         self.steps_per_epoch = len(self.loader)
         self.max_steps = cfg.schedule.epochs * self.steps_per_epoch
         self.state = TrainState()
@@ -165,11 +168,12 @@ class _Run:
 
     # ------------------------------------------------------------ epochs
     def _save(self) -> Path:
+        from trainer.model.file_metadata import loader_facts, marker_fields
         return self.checkpointer.save(
             self.engine, self.state.step,
             client_state={"train": self.state.state_dict(), "config": self.cfg.to_dict()},
             rank_state={"loader": self.loader.state_dict()},
-            marker={"model_config": self.model.config.to_json(), "task": "finetune"})
+            marker={**marker_fields(self.model.config, loader_facts(self.loader)), "task": "finetune"})
 
     def _end_epoch(self, epoch: int) -> None:
         """Checkpoint; the fp32 weights of the epochs that enter the average."""

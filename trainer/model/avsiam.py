@@ -22,6 +22,7 @@ Where the paper and the official code differ, or the code has quirks, we chose:
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Mapping
 
@@ -73,6 +74,7 @@ class AVSiam(nn.Module):
         self.head_v = ClassifierHead(dim, num_classes)
         self.head_av = ClassifierHead(2 * dim, num_classes)
         self.grad_checkpointing = False
+        self.facts = None   # ModelFacts (file_metadata.py): training normalisation and labels, if known
 
     # ----------------------------------------------------------------- facts
     @property
@@ -203,13 +205,16 @@ class AVSiam(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         for head in (self.head_a, self.head_v, self.head_av):
             head.reset(num_classes)
+        if self.facts is not None and num_classes != self.config.num_classes:
+            self.facts = dataclasses.replace(self.facts, labels=None)   # the old vocabulary is gone
         self.config.num_classes = num_classes
 
     # ------------------------------------------------------------ weight io
     def save(self, path: str | os.PathLike) -> None:
         """fp32 weights as safetensors, with the config so `AVSiam.load` rebuilds the same model."""
         state = {k: v.float() if v.is_floating_point() else v for k, v in self.state_dict().items()}
-        save_state_dict_file(state, path, {CONFIG_METADATA_KEY: self.config.to_json(), "format": "avsiam"})
+        from .file_metadata import metadata_entries
+        save_state_dict_file(state, path, metadata_entries(self.config, self.facts))
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "AVSiam":
@@ -224,6 +229,8 @@ class AVSiam(nn.Module):
         fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
         model = cls(cfg.size, cfg.num_classes, **fields)
         model.load_state_dict(state)
+        from .file_metadata import facts_from_metadata
+        model.facts = facts_from_metadata(metadata)
         if num_classes is not None and num_classes != cfg.num_classes:  # fresh heads for another label set
             model.reset_classifier(num_classes)
         return model

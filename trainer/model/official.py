@@ -208,7 +208,8 @@ def load_official(cls, source: str | os.PathLike | Mapping[str, torch.Tensor], s
     dim = state.get("vit_base.norm.weight", torch.empty(SIZES[size].embed_dim)).shape[0]
     if dim != SIZES[size].embed_dim:
         raise OfficialCheckpointError(f"{name}: embedding width {dim} does not match size {size!r} "
-                                      f"({SIZES[size].embed_dim}); pass the right size=")
+                                      f"({SIZES[size].embed_dim}); name its size: avsiam convert --size, "
+                                      "eval/embed --official-size, fine-tuning init.official_size")
     fields = {**infer_geometry(state, patch, overrides.get("mel_bins", 128)), **overrides}
     if fields.get("share_backbone", True) is False:
         raise OfficialCheckpointError("official checkpoints have a shared backbone; share_backbone=False cannot hold one")

@@ -21,6 +21,17 @@ def timm_vit_kwargs(cfg: AVSiamConfig) -> dict:
                 fc_norm=False, num_classes=0)
 
 
+def timm_pretrained_cfg(cfg: AVSiamConfig) -> dict:
+    """timm's `pretrained_cfg` of the exported model: the input the AVSiam loader gave it in training
+    (frames of image_size px, scaled short side + centre crop by the pipeline, ImageNet mean/std),
+    so `timm.data.resolve_data_config(model=m)` builds the matching transform."""
+    from shards.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    return dict(input_size=(3, cfg.image_size, cfg.image_size), mean=tuple(IMAGENET_MEAN),
+                std=tuple(IMAGENET_STD), interpolation="bicubic", crop_pct=1.0, crop_mode="center",
+                num_classes=0, fixed_input_size=True)
+
+
 _VISUAL_MAP = [
     (r"embed_v\.proj\.(weight|bias)", r"patch_embed.proj.\1"),
     (r"embed_v\.pos_embed", "pos_embed"),

@@ -1,0 +1,52 @@
+"""Checks of a run config that need no model, engine or process group: run before any of them.
+
+`check_loader_options` types `data.options` against the loader's own config (`LoaderConfig`): an
+unknown key or a bad value fails when the config is read, not after the engine is built.
+`check_run_start` adds what only a run (not `--print-config`) needs: training shards that exist
+and a usable seed. Errors are ValueErrors naming the key and the fix (one line on the command line).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+# LoaderConfig fields a run sets itself (data.batch_size, data.num_workers, data.normalization, seed, mode).
+ENGINE_SET = ("mode", "batch_size", "rank", "world_size", "num_workers", "seed", "normalization")
+
+
+def loader_option_names() -> list[str]:
+    from shards.config import LoaderConfig
+    return [f.name for f in dataclasses.fields(LoaderConfig) if f.name not in ENGINE_SET]
+
+
+def check_loader_options(options: dict[str, Any], *, batch_size: int, num_workers: int) -> None:
+    """Unknown keys and values the loader would refuse, named as data.options.KEY."""
+    from shards.config import LoaderConfig
+
+    valid = loader_option_names()
+    unknown = sorted(set(options) - set(valid) - set(ENGINE_SET))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {['data.options.' + k for k in unknown]}; valid in "
+                         f"data.options: {', '.join(valid)}")
+    try:
+        LoaderConfig(batch_size=batch_size, num_workers=num_workers, **options)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"data.options: {exc}") from None
+
+
+def check_run_start(cfg, command: str) -> None:
+    """Before a run starts: data.train names shards that exist, and the seed is an integer >= 0."""
+    from shards.sources import expand_urls
+
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    if not cfg.data.train:
+        raise ValueError(f"avsiam {command}: no training shards; set data.train=DIR_OR_URLS "
+                         "(e.g. the --out folder of `avsiam shard`)")
+    if os.path.isdir(cfg.data.train):
+        return                      # what the folder holds is the loader's to check
+    try:
+        expand_urls(cfg.data.train, allow_pipe=bool(cfg.data.options.get("allow_pipe")))
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"data.train={cfg.data.train}: {exc}") from None
