@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trainer.eval_command", "evaluate: classification (mAP, accuracy) or retrieval"),
     "embed": ("trainer.embed_command", "write audio and visual embeddings of shards to Parquet"),
     "plot": ("trainer.plot_command", "draw figures (t-SNE of embeddings, loss curves)"),
-    "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining or fine-tuning job"),
+    "submit": ("cluster.submit", "render and sbatch a sharding array or a pretraining or fine-tuning job"),
     "demo": ("cluster.demo", "run the whole system on the built-in synthetic dataset"),
 }
 
