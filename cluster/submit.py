@@ -104,7 +104,7 @@ def _add_job_options(parser: argparse.ArgumentParser, kind: str) -> None:
 def run_folder(kind: str, job_args: list[str], workdir: Path) -> Path:
     """The absolute run folder of the job (its stop-request files live there), from its config as
     the job will build it; the config is checked here, before the queue (ValueError)."""
-    from trainer.job_config import check_job_config
+    from cluster.job_config import check_job_config
     config = check_job_config(kind, job_args)
     if config is None:
         raise ValueError(f"give the job's arguments after --, e.g. -- --config tiny_cpu "
