@@ -27,7 +27,7 @@ def test_paper_presets_halve_the_lr_after_epochs_10_15_and_20_for_any_size_and_g
 
 
 def test_gradient_accumulation_counts_optimizer_steps_and_step_counts_stay_possible():
-    cfg = load_config("avsiam_base", ["deepspeed.gradient_accumulation=4"])
+    cfg = load_config("avsiam_base", ["gradient_accumulation=4"])
     assert with_epoch_steps(cfg, 1000).max_steps == 25 * 250
     steps = load_config("avsiam_base", ["max_epochs=null", "max_steps=500"])
     assert with_epoch_steps(steps, 1000).max_steps == 500

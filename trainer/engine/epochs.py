@@ -23,10 +23,16 @@ def with_epoch_steps(cfg: PretrainConfig, loader_batches: int) -> PretrainConfig
         return cfg
     per_epoch = cfg.steps_per_epoch
     if per_epoch is None:
-        per_epoch = loader_batches // cfg.deepspeed.gradient_accumulation
-        if per_epoch < 1:
-            raise ValueError(f"an epoch of {loader_batches} batches per rank makes no optimizer step of "
-                             f"deepspeed.gradient_accumulation={cfg.deepspeed.gradient_accumulation} batches")
+        per_epoch = optimizer_steps_per_epoch(loader_batches, cfg.gradient_accumulation)
     steps = epoch_steps(cfg.max_epochs, per_epoch)
     log.info("max_epochs=%g x %d steps per epoch: max_steps=%d", cfg.max_epochs, per_epoch, steps)
     return dataclasses.replace(cfg, steps_per_epoch=per_epoch, max_steps=steps)
+
+
+def optimizer_steps_per_epoch(loader_batches: int, gradient_accumulation: int) -> int:
+    """Optimizer steps in an epoch of `loader_batches` batches per rank (pretraining and fine-tuning)."""
+    steps = loader_batches // gradient_accumulation
+    if steps < 1:
+        raise ValueError(f"an epoch of {loader_batches} batches per rank makes no optimizer step of "
+                         f"gradient_accumulation={gradient_accumulation} batches; lower it or data.batch_size")
+    return steps
