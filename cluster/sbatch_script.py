@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trainer.engine.distributed import slurm_port_shell
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 JobKind = Literal["shard", "pretrain"]
 KINDS: tuple[JobKind, ...] = ("shard", "pretrain")
@@ -145,6 +147,7 @@ def render(job: JobScript) -> str:
         "job_args": shlex.join(job.job_args),
         "num_tasks": str(job.num_tasks),
         "requeue_on_signal": requeue,
+        "rdzv_port": slurm_port_shell(),      # the port every rank derives (one formula, in Python)
     }
     text = render_template(f"{job.kind}.sbatch", values)
     return "".join(line.rstrip() + "\n" for line in text.splitlines())
