@@ -59,3 +59,22 @@ def test_paper_presets_pretrain_with_the_official_augmentation_masking_and_norma
     assert LoaderConfig(mode="pretrain", batch_size=2).resolved(   # the mode alone leaves them off
         fbank_mean=-5.081, fbank_std=4.4849, image_size=224, num_frames=10).noise is False
     assert cfg.data.normalization == "paper" and cfg.objective.audio_mask == "official"
+
+
+def test_a_jx_style_in21k_file_with_pre_logits_and_21k_head_loads(tmp_path):
+    """The official Base code's jx_..._in21k .pth layout (representation layer, 21,843-class head):
+    both are dropped, the trunk weights land in the model."""
+    import timm
+    import torch
+
+    from trainer.model import AVSiam
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=21843).state_dict()
+    source["pre_logits.fc.weight"] = torch.randn(192, 192)
+    source["pre_logits.fc.bias"] = torch.zeros(192)
+    path = tmp_path / "jx_vit_tiny_patch16_224_in21k.pth"
+    torch.save(source, path)
+    model = AVSiam(size="tiny", pretrained=str(path), image_size=32, audio_frames=32)
+    qkv = [v for k, v in model.state_dict().items() if k.endswith("qkv.weight")][0]
+    assert torch.equal(qkv, source["blocks.0.attn.qkv.weight"])

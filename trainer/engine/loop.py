@@ -178,7 +178,8 @@ class TrainingRun:
         batches = endless_batches(self.loader)
         stopped, last = "finished", None
         try:
-            with StopRequest(device=self.ctx.device) as stop:
+            with StopRequest(device=self.ctx.device, run_dir=cfg.out_dir,
+                             every_minutes=cfg.checkpoint.every_minutes) as stop:
                 while self.state.step < self.max_steps:
                     meter.start_step()
                     micro = [next(batches) for _ in range(cfg.gradient_accumulation)]
@@ -206,6 +207,8 @@ class TrainingRun:
                     if reason is not None and step < self.max_steps:
                         stopped, last = reason, self.save()
                         break
+                    if stop.save_now:                    # checkpoint.every_minutes
+                        last = self.save()
             if stopped == "finished" and cfg.checkpoint.save_final:
                 last = self.save()
         finally:
