@@ -100,6 +100,19 @@ def test_rendering_is_deterministic_and_fills_every_placeholder():
         render_template("requeue_on_signal.sh", {})
 
 
+def test_the_rendezvous_port_is_the_trainers_formula_rendered_once():
+    """The batch script's port is `slurm_port` rendered from Python, not a second copy of it."""
+    from trainer.engine.distributed import slurm_port, slurm_port_shell
+
+    assert "20000" not in (TEMPLATES / "train.sbatch").read_text()
+    line = next(x for x in render(_job()).splitlines() if x.startswith("rdzv_port="))
+    assert line.split("=", 1)[1].split("#")[0].strip() == slurm_port_shell()
+    for job_id in (7, 123456):
+        out = subprocess.run(["bash", "-c", f"{line}\necho $rdzv_port"], capture_output=True, text=True,
+                             env={"SLURM_JOB_ID": str(job_id)}, check=True).stdout
+        assert int(out) == slurm_port(job_id)
+
+
 def test_templates_hold_no_site_values():
     """Partitions, accounts, paths and sizes come from the options only."""
     for path in sorted(TEMPLATES.iterdir()):
