@@ -28,7 +28,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
                           "64", "--time", "2-00:00:00", "--partition", "gpu", "--account", "proj42",
                           "--job-name", "vitl", "--sbatch-arg=--mem=0", "--sbatch-arg=--exclusive",
                           "--python", "/opt/env/bin/python", "--project-dir", "/srv/avsiam",
-                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run")
+                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run",
+                          "model.pretrained=vit_large.safetensors")
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     assert script.startswith("#!/bin/bash\n")
@@ -55,7 +56,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     assert "export PYTHONPATH=/srv/avsiam${PYTHONPATH:+:$PYTHONPATH}" in script
     # job arguments are shell-quoted, after the command
     assert script.rstrip().endswith(
-        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
+        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run' "
+        "model.pretrained=vit_large.safetensors")
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert "trap 'on_stop_signal USR1' USR1" in script and "trap 'on_stop_signal TERM' TERM" in script
 

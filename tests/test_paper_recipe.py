@@ -32,6 +32,14 @@ def test_paper_presets_refuse_to_pretrain_without_weights(preset, tmp_path, caps
     assert not out.exists()                        # refused before the run started
 
 
+def test_a_submitted_paper_size_pretraining_without_weights_is_refused_before_the_queue():
+    from cluster.job_config import check_job_config
+
+    with pytest.raises(ValueError, match="model.pretrained=none"):
+        check_job_config("pretrain", ["--config", "avsiam_huge", "data.train=/data/shards"])
+    assert check_job_config("pretrain", ["--config", "avsiam_huge", "model.pretrained=none"]).model.size == "huge"
+
+
 def test_weights_or_a_deliberate_none_let_a_paper_size_start_and_tiny_needs_neither(tmp_path):
     assert missing_weights_message(load_config("avsiam_base", ["model.pretrained=none"])) is None
     assert missing_weights_message(load_config("avsiam_base", [f"model.pretrained={tmp_path}/vit.pth"])) is None
