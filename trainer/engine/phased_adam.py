@@ -76,12 +76,6 @@ class PhasedAdam(torch.optim.Optimizer):
         return loss
 
 
-def keeps_two_states(cfg) -> bool:
-    """Whether a run config (pretraining; fine-tuning has no objective section) takes PhasedAdam."""
-    objective = getattr(cfg, "objective", None)
-    return getattr(objective, "schedule", None) == "official"
-
-
 def build_phased_adam(param_groups: list[dict], optim) -> PhasedAdam:
     """The optimizer of `objective.schedule=official` from the run's `OptimConfig`."""
     return PhasedAdam(param_groups, lr=optim.lr, betas=optim.betas, eps=optim.eps,
