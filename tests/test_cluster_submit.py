@@ -28,7 +28,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
                           "64", "--time", "2-00:00:00", "--partition", "gpu", "--account", "proj42",
                           "--job-name", "vitl", "--sbatch-arg=--mem=0", "--sbatch-arg=--exclusive",
                           "--python", "/opt/env/bin/python", "--project-dir", "/srv/avsiam",
-                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run")
+                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run",
+                          "model.pretrained=vit_large.safetensors")
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     assert script.startswith("#!/bin/bash\n")
@@ -43,13 +44,22 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     assert "rdzv_port=$((20000 + SLURM_JOB_ID % 20000))" in script
     assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script and "NodeAddr=" in script
     # node and rank counts come from SLURM's environment, never written a second time
-    assert '--nnodes="$SLURM_JOB_NUM_NODES"' in script and "SLURM_GPUS_PER_NODE" in script
+    assert '--nnodes="$SLURM_JOB_NUM_NODES"' in script
+    assert '--nproc-per-node="$procs_per_node"' in script
+    # torchrun leaves TERM to its ranks (its handler would stop them before they saved)
+    assert "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in script
+    assert """bash -c 'trap "" USR1 TERM; exec "$0" "$@"'""" in script
+    assert "-m cluster.ranks --expect 8 --expect-source '--gpus-per-node 8'" in script
+    # the run folder (stop-request files) is resolved at submit time, from where submit runs
+    assert f"run_dir='{REPO}/runs/large run'" in script
     assert "--nnodes=4" not in script and "nproc-per-node=8" not in script
     assert "export PYTHONPATH=/srv/avsiam${PYTHONPATH:+:$PYTHONPATH}" in script
     # job arguments are shell-quoted, after the command
     assert script.rstrip().endswith(
-        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in script and "trap on_warning USR1" in script
+        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run' "
+        "model.pretrained=vit_large.safetensors")
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "trap 'on_stop_signal USR1' USR1" in script and "trap 'on_stop_signal TERM' TERM" in script
 
 
 def test_shard_array_passes_task_k_of_n_and_workers_from_slurm():
@@ -81,7 +91,7 @@ def test_rendered_scripts_are_valid_bash(kind, extra, job, tmp_path):
 def _job(**sbatch) -> JobScript:
     options = SbatchOptions(job_name="j", output="%x-%j.out", **sbatch)
     return JobScript(kind="pretrain", sbatch=options, python="/env/bin/python", project_dir="/proj",
-                     job_args=("--config", "tiny_cpu"))
+                     job_args=("--config", "tiny_cpu"), run_dir="/runs/r")
 
 
 def test_rendering_is_deterministic_and_fills_every_placeholder():
@@ -90,6 +100,19 @@ def test_rendering_is_deterministic_and_fills_every_placeholder():
     assert "{{" not in first and "}}" not in first
     with pytest.raises(KeyError, match="step_signal"):
         render_template("requeue_on_signal.sh", {})
+
+
+def test_the_rendezvous_port_is_the_trainers_formula_rendered_once():
+    """The batch script's port is `slurm_port` rendered from Python, not a second copy of it."""
+    from trainer.engine.distributed import slurm_port, slurm_port_shell
+
+    assert "20000" not in (TEMPLATES / "train.sbatch").read_text()
+    line = next(x for x in render(_job()).splitlines() if x.startswith("rdzv_port="))
+    assert line.split("=", 1)[1].split("#")[0].strip() == slurm_port_shell()
+    for job_id in (7, 123456):
+        out = subprocess.run(["bash", "-c", f"{line}\necho $rdzv_port"], capture_output=True, text=True,
+                             env={"SLURM_JOB_ID": str(job_id)}, check=True).stdout
+        assert int(out) == slurm_port(job_id)
 
 
 def test_templates_hold_no_site_values():
@@ -104,7 +127,7 @@ def test_templates_hold_no_site_values():
     assert "#SBATCH --time" not in script and "#SBATCH --gpus-per-node" not in script
     absolute = {word for line in script.splitlines() if not line.startswith("#")
                 for word in line.replace("=", " ").split() if word.startswith("/")}
-    assert absolute == {"/env/bin/python", "/proj${PYTHONPATH:+:$PYTHONPATH}"}
+    assert absolute == {"/env/bin/python", "/proj${PYTHONPATH:+:$PYTHONPATH}", "/runs/r"}
 
 
 def test_defaults_come_from_the_running_interpreter_and_checkout():
@@ -144,5 +167,5 @@ def test_without_sbatch_submit_says_where_to_run(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on PATH
     parser = __import__("argparse").ArgumentParser()
     submit.add_arguments(parser)
-    assert submit.main(parser.parse_args(["pretrain"])) == 1
+    assert submit.main(parser.parse_args(["pretrain", "--", "--config", "tiny_cpu"])) == 1
     assert "sbatch not found" in capsys.readouterr().err

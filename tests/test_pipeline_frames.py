@@ -16,7 +16,7 @@ from pipeline import frame_select, frames as frames_mod, media
 from pipeline.clip import ClipContext, ClipTask, process_clip
 from pipeline.params import ClipParams, MediaLimits
 from shards import format as fmt
-from tests.test_pipeline_fixtures import ffmpeg
+from fixtures import ffmpeg
 
 FPS = 25
 RAMP = "nullsrc=s=64x48:r=25,geq=lum='16+4*N':cb=128:cr=128"   # frame n has luma 16 + 4n

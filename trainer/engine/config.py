@@ -69,7 +69,7 @@ class ObjectiveConfig:
     learnable_temperature: bool = False
     # official: the official loop, a contrastive optimizer step then a reconstruction step on the
     # same batch, each with its own Adam state (engine/phased_adam.py; the paper presets).
-    # sum: one summed loss, one optimizer step per batch (faster: one backward set, one update).
+    # sum: one summed loss, one optimizer step per batch (one gradient reduction, one update).
     # alternate: the two steps of official sharing one Adam state.
     schedule: str = "sum"
     # Gradient caching: embed the rank's batch in chunks of this many samples without activations,
@@ -160,13 +160,15 @@ class CheckpointConfig:
 
     dir: str | None = None          # None: <run.out_dir>/checkpoints
     every_steps: int = 1000         # 0 = only at the end and on a stop signal
+    every_minutes: float = 0.0      # also save when this long passed since the last (0 = off)
     keep: int = 3                   # complete checkpoints kept (older ones are deleted); 0 = all
     resume: str = "none"            # none | auto (latest complete, none if there is none) | a folder
     save_final: bool = True
 
     def __post_init__(self) -> None:
-        if self.every_steps < 0 or self.keep < 0:
-            raise ValueError("checkpoint.every_steps and checkpoint.keep must be >= 0")
+        if self.every_steps < 0 or self.keep < 0 or self.every_minutes < 0:
+            raise ValueError("checkpoint.every_steps, checkpoint.every_minutes and checkpoint.keep "
+                             "must be >= 0")
 
 
 @dataclass(kw_only=True)

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from shards.loader import make_loader
 
@@ -164,8 +165,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunSummary:
-        from tqdm import tqdm
-
         cfg, kind = self.cfg, self.kind
         kind.on_start(self)
         metrics = open_metrics(cfg.out_dir, self.ctx.is_main,
@@ -179,7 +178,8 @@ class TrainingRun:
         batches = endless_batches(self.loader)
         stopped, last = "finished", None
         try:
-            with StopRequest(device=self.ctx.device) as stop:
+            with StopRequest(device=self.ctx.device, run_dir=cfg.out_dir,
+                             every_minutes=cfg.checkpoint.every_minutes) as stop:
                 while self.state.step < self.max_steps:
                     meter.start_step()
                     micro = [next(batches) for _ in range(cfg.gradient_accumulation)]
@@ -207,6 +207,8 @@ class TrainingRun:
                     if reason is not None and step < self.max_steps:
                         stopped, last = reason, self.save()
                         break
+                    if stop.save_now:                    # checkpoint.every_minutes
+                        last = self.save()
             if stopped == "finished" and cfg.checkpoint.save_final:
                 last = self.save()
         finally:
