@@ -37,9 +37,14 @@ _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 120
               7350)
 _SAFE_AAC_RATES = {32000, 44100, 48000}     # lower rates may be HE-AAC cores (decoder doubles them)
 _TOP = {b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide"}
-_CONTAINERS = {b"moov", b"trak", b"mdia", b"minf", b"stbl", b"edts", b"dinf"}
-_SKIPPED = {b"iods", b"dinf", b"dref", b"url ", b"vmhd", b"smhd", b"sgpd", b"sbgp", b"sdtp",
-            b"free", b"skip", b"tref", b"stps", b"gmhd"}
+_LAYOUT = {   # box: the boxes it may hold (containers are keys; the rest are read or skipped)
+    b"trak": {b"tkhd", b"edts", b"mdia", b"udta", b"tref"},
+    b"edts": {b"elst"},
+    b"mdia": {b"mdhd", b"hdlr", b"minf"},
+    b"minf": {b"vmhd", b"smhd", b"dinf", b"stbl"},
+    b"stbl": {b"stsd", b"stts", b"ctts", b"cslg", b"stsc", b"stsz", b"stco", b"co64", b"stss",
+              b"stps", b"sdtp", b"sgpd", b"sbgp"},
+}
 _IDENTITY = (0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
 
 
@@ -127,6 +132,7 @@ def _describe(moov: bytes) -> dict:
     tracks = []
     for kind, body, stop in _children(moov, 0, len(moov), counter):
         if kind == b"mvhd":
+            _need(movie is None)
             movie = _mvhd(moov, body, stop)
         elif kind == b"trak":
             tracks.append(_trak(moov, body, stop, counter))
@@ -164,26 +170,22 @@ def _mvhd(data, body, stop):
 
 def _trak(data, body, stop, counter) -> dict:
     track: dict = {}
-    _walk(data, body, stop, counter, track, depth=1)
+    _walk(data, b"trak", body, stop, counter, track, depth=1)
     for key in ("tkhd", "mdhd", "hdlr", "stsd", "stts", "stsc", "stsz", "stco"):
         _need(key in track)
     return track
 
 
-def _walk(data, start, end, counter, track, depth):
+def _walk(data, parent, start, end, counter, track, depth):
     _need(depth <= _MAX_DEPTH)
     for kind, body, stop in _children(data, start, end, counter):
-        name = kind.decode("latin-1")
-        if kind in _CONTAINERS:
-            _walk(data, body, stop, counter, track, depth + 1)
+        _need(kind in _LAYOUT[parent])
+        if kind in _LAYOUT:
+            _walk(data, kind, body, stop, counter, track, depth + 1)
         elif kind in _PARSERS:
+            name = "stco" if kind == b"co64" else kind.decode("latin-1")
             _need(name not in track)
             track[name] = _PARSERS[kind](data, body, stop)
-        elif kind == b"co64":
-            _need("stco" not in track)
-            track["stco"] = True
-        else:
-            _need(kind in _SKIPPED or kind in (b"stss", b"ctts", b"cslg", b"udta"))
 
 
 def _tkhd(data, body, stop):
@@ -231,7 +233,7 @@ def _stts(data, body, stop):
     pairs = struct.unpack_from(f">{2 * count}I", data, at + 4)
     samples = sum(pairs[0::2])
     duration = sum(n * d for n, d in zip(pairs[0::2], pairs[1::2]))
-    _need(samples > 0 and duration > 0 and all(d < 2 ** 31 for d in pairs[1::2]))
+    _need(0 < samples < 2 ** 31 and duration > 0 and all(d < 2 ** 31 for d in pairs[1::2]))
     return samples, duration
 
 
@@ -243,7 +245,10 @@ def _stsz(data, body, stop):
     return count
 
 
-def _present(data, body, stop):
+def _entries(data, body, stop):
+    """A table box with at least one entry (stsc, stco, co64)."""
+    _, at = _full(data, body)
+    _need(at + 4 <= stop and struct.unpack_from(">I", data, at)[0] > 0)
     return True
 
 
@@ -318,7 +323,7 @@ def _aac_config(esds: bytes) -> tuple[int, int]:
 
 
 _PARSERS = {b"tkhd": _tkhd, b"mdhd": _mdhd, b"hdlr": _hdlr, b"elst": _elst, b"stts": _stts,
-            b"stsz": _stsz, b"stsd": _stsd, b"stsc": _present, b"stco": _present}
+            b"stsz": _stsz, b"stsd": _stsd, b"stsc": _entries, b"stco": _entries, b"co64": _entries}
 
 
 def _rotation(matrix) -> int | None:
