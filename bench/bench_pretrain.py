@@ -57,7 +57,7 @@ def worker(spec: dict) -> dict:
     cfg = load_config(None, spec["overrides"] + [f"data.batch_size={spec['batch']}", f"device={ctx.device_type}"])
     torch.manual_seed(0)
     module = build_pretrain_module(cfg)
-    engine = create_engine(module, cfg, 1, ctx.device_type)
+    engine, _ = create_engine(module, cfg, 1, ctx.device_type)
     model = module.model
     stepper = PretrainStep(engine, cfg.objective)
     plan = MaskPlan(MultiRatioMasker(ratios=cfg.objective.mask_ratios, audio_grid=model.audio_grid,

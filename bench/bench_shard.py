@@ -1,16 +1,23 @@
-"""Sharding throughput: clips/s per core of `avsiam shard` against two baselines, same clips.
+"""Sharding throughput: CPU seconds per clip of `avsiam shard` against two baselines, same clips.
 
-- ours (1 and 2 workers): the whole stage (probe, one ffmpeg decode per clip, fbank, JPEG, tar,
-  record, commit) through `pipeline.runner.run`; the worker forkserver is warmed first.
-- (a) floor: one bare ffmpeg process per clip running exactly our decode command (same seek,
-  filter graph and outputs, written to /dev/null), no probe and no Python work.
+- ours (1 and 2 workers): the whole stage (probe, ffmpeg decode of the stored frames' candidates
+  with non-reference frames skipped where possible, fbank, JPEG, tar, record, commit) through
+  `pipeline.runner.run`; the worker forkserver is warmed first.
+- (a) floor: the naive single pass, one bare ffmpeg process per clip decoding every frame (fps
+  filter + select of the CAV-MAE indices, same resize, same outputs, written to /dev/null), no
+  probe and no Python work.
 - (b) CAV-MAE style: per clip one ffmpeg pass for the 16 kHz wav and one for 10 full-size JPEG
   frames, then the fbank and PIL resize + centre crop + re-encode in Python.
 
-Clips: 10-s 640x360 H.264 (x264 veryfast, crf 23, 25 fps, noisy test pattern) + AAC 44.1 kHz
-stereo. Each figure is the median of --repeats runs.
+Corpora (10-s clips, AAC 44.1 kHz stereo unless said):
+- today: 640x360 H.264 x264 veryfast crf 23 (B-frames in a pyramid), noisy test pattern (~7 Mbit/s)
+- allp: the same with -bf 0 (I and P frames only)
+- bf360 / bf720: x264 -preset medium -bf 3 -g 90 crf 23 at 640x360 / 1280x720, moving test
+  pattern with light noise (~1 / ~3 Mbit/s, YouTube-like)
+- vp9: 640x360 VP9 (libvpx realtime, 1 Mbit/s) + Opus in WebM
+Each figure is the median of --repeats runs, all runs interleaved.
 
-    .venv/bin/python bench/bench_shard.py --clips 24 --repeats 3 --work /tmp/bench_shard
+    .venv/bin/python bench/bench_shard.py --clips 8 --repeats 3 --work /tmp/bench_shard
 """
 from __future__ import annotations
 
@@ -36,20 +43,32 @@ from pipeline import media  # noqa: E402
 from pipeline.params import ClipParams, MediaLimits  # noqa: E402
 
 
-def make_clips(folder: Path, count: int, seconds: float) -> list[Path]:
+_X264 = ["-c:v", "libx264", "-crf", "23", "-pix_fmt", "yuv420p"]
+_AAC = ["-c:a", "aac", "-b:a", "128k"]
+CORPORA = {   # name: (size, noise, codec arguments, extension)
+    "today": ("640x360", 12, _X264 + ["-preset", "veryfast"] + _AAC, "mp4"),
+    "allp": ("640x360", 12, _X264 + ["-preset", "veryfast", "-bf", "0"] + _AAC, "mp4"),
+    "bf360": ("640x360", 4, _X264 + ["-preset", "medium", "-bf", "3", "-g", "90"] + _AAC, "mp4"),
+    "bf720": ("1280x720", 4, _X264 + ["-preset", "medium", "-bf", "3", "-g", "90"] + _AAC, "mp4"),
+    "vp9": ("640x360", 4, ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-cpu-used", "8",
+                           "-b:v", "1M", "-c:a", "libopus"], "webm"),
+}
+
+
+def make_clips(folder: Path, count: int, seconds: float, corpus: str = "today") -> list[Path]:
+    size, noise, codec, ext = CORPORA[corpus]
     folder.mkdir(parents=True, exist_ok=True)
     clips = []
     for i in range(count):
-        path = folder / f"clip{i:04d}.mp4"
+        path = folder / f"clip{i:04d}.{ext}"
         if not path.exists():
-            video = (f"testsrc2=s=640x360:r=25:d={seconds},hue=h={i * 37 % 360},"
-                     f"noise=alls=12:allf=t")
+            video = (f"testsrc2=s={size}:r=25:d={seconds},hue=h={i * 37 % 360},"
+                     f"noise=alls={noise}:allf=t")
             audio = f"sine=f={220 + 20 * i}:r=44100:d={seconds},aformat=channel_layouts=stereo"
+            temp = path.with_name(f"tmp.{path.name}")
             subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", video, "-f",
-                            "lavfi", "-i", audio, "-c:v", "libx264", "-preset", "veryfast",
-                            "-crf", "23", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k",
-                            "-shortest", str(path.with_suffix(".tmp.mp4"))], check=True)
-            path.with_suffix(".tmp.mp4").rename(path)
+                            "lavfi", "-i", audio, *codec, "-shortest", str(temp)], check=True)
+            temp.rename(path)
         clips.append(path)
     return clips
 
@@ -78,16 +97,27 @@ def run_ours(clips: list[Path], workers: int, out: Path) -> tuple[float, float]:
 
 
 def floor_commands(clips: list[Path]) -> list[list[str]]:
+    """The naive single pass: every frame decoded, resampled at the stream's fps, the CAV-MAE
+    indices selected by number, resized as ours; audio as ours."""
     params, limits = ClipParams(), MediaLimits()
+    size = params.frame_size
     commands = []
     for clip in clips:
         info = media.probe(clip, params, limits)
-        total = frames_mod.frame_total(info.video.fps, min(10.0, info.duration))
-        indices = sorted(set(frames_mod.frame_indices(total, params.num_frames)))
-        command = media.decode_command(clip, info, start=0.0, seconds=min(10.0, info.duration),
-                                       frame_indices=indices, params=params, limits=limits,
-                                       video_url="/dev/null", audio_url="/dev/null")
-        commands.append(command[:1] + ["-y"] + command[1:])
+        seconds = min(10.0, info.duration)
+        total = frames_mod.frame_total(info.video.fps, seconds)
+        chosen = "+".join(f"eq(n,{i})" for i in
+                          sorted(set(frames_mod.frame_indices(total, params.num_frames))))
+        graph = (f"[0:{info.video.index}]fps={info.video.fps:.6f},select='{chosen}',"
+                 f"scale='if(lt(iw,ih),{size},-1)':'if(lt(iw,ih),-1,{size})':flags=bicubic,"
+                 f"crop={size}:{size}[v]")
+        commands.append(["ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+                         "-threads", "1", "-t", f"{seconds:.6f}", "-i", str(clip),
+                         "-filter_complex", graph, "-filter_complex_threads", "1",
+                         "-map", "[v]", "-f", "rawvideo", "-pix_fmt", "rgb24", "-vsync",
+                         "passthrough", "-threads", "1", "/dev/null",
+                         "-map", f"0:{info.audio.index}", "-f", "s16le", "-ac", "1", "-ar",
+                         "16000", "/dev/null"])
     return commands
 
 
@@ -140,53 +170,65 @@ def run_cavmae(clips: list[Path], work: Path) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--clips", type=int, default=24)
+    parser.add_argument("--clips", type=int, default=8, help="clips per corpus")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench_shard"))
+    parser.add_argument("--corpora", default=",".join(CORPORA),
+                        help=f"comma-separated, of {', '.join(CORPORA)}")
     parser.add_argument("--runs", default="ours_w1,ours_w2,floor_p1,floor_p2,cavmae_p1",
                         help="which runs to time (comma-separated)")
     args = parser.parse_args()
 
-    clips = make_clips(args.work / "clips", args.clips, args.seconds)
-    commands = floor_commands(clips)
-    run_ours(clips[:2], 2, args.work / "warm")                 # start the worker forkserver
-    jobs = {"ours_w1": (1, lambda: run_ours(clips, 1, args.work / "out")),
-            "ours_w2": (2, lambda: run_ours(clips, 2, args.work / "out")),
-            "floor_p1": (1, lambda: run_parallel(commands, 1)),
-            "floor_p2": (2, lambda: run_parallel(commands, 2)),
-            "cavmae_p1": (1, lambda: run_cavmae(clips, args.work / "cavmae"))}
-    jobs = {k: v for k, v in jobs.items() if k in args.runs.split(",")}
-    wall: dict[str, list[float]] = {k: [] for k in jobs}
-    cpu: dict[str, list[float]] = {k: [] for k in jobs}
+    corpora = args.corpora.split(",")
+    runs = args.runs.split(",")
+    jobs: dict[tuple[str, str], tuple[int, object]] = {}
+    for corpus in corpora:
+        clips = make_clips(args.work / "clips" / corpus, args.clips, args.seconds, corpus)
+        commands = floor_commands(clips)
+        out = args.work / "out" / corpus
+        table = {"ours_w1": (1, lambda c=clips, o=out: run_ours(c, 1, o)),
+                 "ours_w2": (2, lambda c=clips, o=out: run_ours(c, 2, o)),
+                 "floor_p1": (1, lambda c=commands: run_parallel(c, 1)),
+                 "floor_p2": (2, lambda c=commands: run_parallel(c, 2)),
+                 "cavmae_p1": (1, lambda c=clips, w=args.work / "cavmae": run_cavmae(c, w))}
+        jobs.update({(corpus, k): v for k, v in table.items() if k in runs})
+    run_ours(make_clips(args.work / "clips" / corpora[0], 2, args.seconds, corpora[0]), 2,
+             args.work / "warm")                           # start the worker forkserver
+    wall: dict[tuple[str, str], list[float]] = {k: [] for k in jobs}
+    cpu: dict[tuple[str, str], list[float]] = {k: [] for k in jobs}
     for _ in range(args.repeats):                   # interleaved, so all see the same conditions
         for key, (_, job) in jobs.items():
             seconds, cpu_seconds = job()
             wall[key].append(seconds)
             cpu[key].append(cpu_seconds)
     n = args.clips
-    per_core = {k: n / statistics.median(wall[k]) / jobs[k][0] for k in jobs}
-    per_cpu_s = {k: n / statistics.median(cpu[k]) for k in jobs}
-    ratio = lambda a, b, table: table[a] / table[b] if a in table and b in table else None  # noqa
-    median = {k: statistics.median(v) for k, v in wall.items()}
-    report = {
-        "machine": f"{platform.node()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}",
-        "clips": n, "seconds": args.seconds, "repeats": args.repeats,
-        "wall_s": wall, "cpu_s": cpu,
-        "clips_per_s_per_core": per_core, "clips_per_cpu_s": per_cpu_s,
-        "ours_w1_vs_floor_p1": ratio("ours_w1", "floor_p1", per_core),
-        "ours_vs_floor_cpu": ratio("ours_w1", "floor_p1", per_cpu_s),
-        "speedup_w2_vs_w1": ratio("ours_w1", "ours_w2", median),
-        "floor_speedup_p2_vs_p1": ratio("floor_p1", "floor_p2", median),
-        "ours_w1_vs_cavmae": ratio("ours_w1", "cavmae_p1", per_core),
-        "ours_vs_cavmae_cpu": ratio("ours_w1", "cavmae_p1", per_cpu_s),
-    }
+    cpu_per_clip = {k: statistics.median(v) / n for k, v in cpu.items()}
+    wall_med = {k: statistics.median(v) for k, v in wall.items()}
+    report = {"machine": f"{platform.node()}, {os.cpu_count()} cores, "
+                         f"load {os.getloadavg()[0]:.1f}",
+              "clips_per_corpus": n, "seconds": args.seconds, "repeats": args.repeats,
+              "cpu_s": {f"{c}/{r}": v for (c, r), v in cpu.items()},
+              "wall_s": {f"{c}/{r}": v for (c, r), v in wall.items()}}
     print(json.dumps(report, indent=1))
-    print("\n| run | median wall s | clips/s per core (wall) | clips per CPU-s |")
+
+    def ratio(table, corpus, a, b):
+        if (corpus, a) in table and (corpus, b) in table:
+            return f"{table[(corpus, b)] / table[(corpus, a)]:.2f}x"
+        return "-"
+
+    print("\n| corpus | run | median CPU-s per clip | median wall s |")
     print("|---|---|---|---|")
-    for key in jobs:
-        print(f"| {key} | {statistics.median(wall[key]):.2f} | {per_core[key]:.3f} | "
-              f"{per_cpu_s[key]:.3f} |")
+    for (corpus, run), value in cpu_per_clip.items():
+        print(f"| {corpus} | {run} | {value:.3f} | {wall_med[(corpus, run)]:.2f} |")
+    print("\n| corpus | ours vs floor (CPU, w1) | ours vs CAV-MAE (CPU, w1) | "
+          "w2 vs w1 (wall) | floor p2 vs p1 (wall) |")
+    print("|---|---|---|---|---|")
+    for corpus in corpora:
+        print(f"| {corpus} | {ratio(cpu_per_clip, corpus, 'ours_w1', 'floor_p1')} | "
+              f"{ratio(cpu_per_clip, corpus, 'ours_w1', 'cavmae_p1')} | "
+              f"{ratio(wall_med, corpus, 'ours_w2', 'ours_w1')} | "
+              f"{ratio(wall_med, corpus, 'floor_p2', 'floor_p1')} |")
 
 
 if __name__ == "__main__":

@@ -30,9 +30,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("trainer.eval_command", "evaluate: classification (mAP, accuracy) or retrieval"),
     "embed": ("trainer.embed_command", "write audio and visual embeddings of shards to Parquet"),
     "plot": ("trainer.plot_command", "draw figures (t-SNE of embeddings, loss curves)"),
-    "submit": ("cluster.submit", "render and sbatch a sharding array or a multi-node pretraining job"),
+    "submit": ("cluster.submit", "render and sbatch a sharding array or a pretraining or fine-tuning job"),
     "demo": ("cluster.demo", "run the whole system on the built-in synthetic dataset"),
 }
+
+
+# Commands whose ranks catch SIGTERM/SIGUSR1 to checkpoint and stop (trainer/engine/signals.py).
+TRAINING_COMMANDS = ("pretrain", "finetune")
 
 
 def available_commands() -> dict[str, tuple[str, str]]:
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"avsiam: unknown command {name!r}; choose from: {', '.join(commands)}", file=sys.stderr)
         return 2
     module_name, help_text = commands[name]
+    if name in TRAINING_COMMANDS:  # before torch & co: a stop signal sent while starting is kept
+        from trainer.engine.signals import install_early_handlers
+        install_early_handlers()
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"avsiam {name}", description=help_text,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -13,15 +13,20 @@ from pathlib import Path
 from typing import Literal
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-JobKind = Literal["shard", "pretrain"]
-KINDS: tuple[JobKind, ...] = ("shard", "pretrain")
+JobKind = Literal["shard", "pretrain", "finetune"]
+KINDS: tuple[JobKind, ...] = ("shard", "pretrain", "finetune")
+TRAINING_KINDS = ("pretrain", "finetune")
+TEMPLATE = {"shard": "shard.sbatch", "pretrain": "train.sbatch", "finetune": "train.sbatch"}
 
 # What each job's step does with the warning signal (see templates/requeue_on_signal.sh).
+_TRAINER_STOP = ("USR1", "the ranks checkpoint together at their next step boundary and exit")
 STEP_SIGNAL = {
-    "pretrain": ("USR1", "the trainer checkpoints at its next step boundary and exits"),
+    "pretrain": _TRAINER_STOP,
+    "finetune": _TRAINER_STOP,
     "shard": ("TERM", "the sharder stops; its finished shards are kept and skipped next time"),
 }
-DEFAULT_OUTPUT = {"shard": "%x-%A_%a.out", "pretrain": "%x-%j.out"}
+DEFAULT_OUTPUT = {"shard": "%x-%A_%a.out", "pretrain": "%x-%j.out", "finetune": "%x-%j.out"}
+RESEND_SECONDS = 5   # the stop signal again, this often, until the ranks acknowledge it
 _PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 # SLURM --time forms: M, M:S, H:M:S, D-H, D-H:M, D-H:M:S
 _TIME = re.compile(r"^(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?$")
@@ -58,7 +63,10 @@ class SbatchOptions:
     nodes: int = 1
     ntasks_per_node: int = 1
     cpus_per_task: int | None = None
-    gpus_per_node: int = 0
+    gpus_per_node: str | None = None  # "[type:]N"; GPUs are asked for by one of these four
+    gres: str | None = None           # e.g. "gpu:8" or "gpu:a100:8"
+    gpus: str | None = None           # "[type:]N" for the whole job
+    gpus_per_task: str | None = None  # "[type:]N"; one task per node here
     time: str | None = None           # SLURM time limit
     partition: str | None = None
     account: str | None = None
@@ -67,7 +75,8 @@ class SbatchOptions:
     extra: tuple[str, ...] = field(default_factory=tuple)  # more flags, e.g. "--mem=64G"
 
     def __post_init__(self) -> None:
-        for name in ("job_name", "output", "partition", "account", "array"):
+        for name in ("job_name", "output", "partition", "account", "array", "gpus_per_node",
+                     "gres", "gpus", "gpus_per_task"):
             value = getattr(self, name)
             if value is not None:
                 _check_word(name, value)
@@ -75,8 +84,8 @@ class SbatchOptions:
             raise ValueError("--nodes and --ntasks-per-node must be at least 1")
         if self.cpus_per_task is not None and self.cpus_per_task < 1:
             raise ValueError("--cpus-per-task must be at least 1")
-        if self.gpus_per_node < 0 or self.signal_seconds < 0:
-            raise ValueError("--gpus-per-node and --signal-seconds cannot be negative")
+        if self.signal_seconds < 0:
+            raise ValueError("--signal-seconds cannot be negative")
         if self.time is not None:
             limit = time_limit_seconds(self.time)
             if self.signal_seconds and self.signal_seconds >= limit:
@@ -92,8 +101,10 @@ class SbatchOptions:
                  f"--ntasks-per-node={self.ntasks_per_node}"]
         if self.cpus_per_task is not None:
             flags.append(f"--cpus-per-task={self.cpus_per_task}")
-        if self.gpus_per_node:
-            flags.append(f"--gpus-per-node={self.gpus_per_node}")
+        for name in ("gpus_per_node", "gres", "gpus", "gpus_per_task"):
+            value = getattr(self, name)
+            if value not in (None, "", "0"):
+                flags.append(f"--{name.replace('_', '-')}={value}")
         for name in ("time", "partition", "account", "array"):
             value = getattr(self, name)
             if value is not None:
@@ -113,14 +124,19 @@ class JobScript:
     sbatch: SbatchOptions
     python: str                       # interpreter with the project's requirements (a venv's)
     project_dir: str                  # folder that holds the cluster/ package; put on PYTHONPATH
-    job_args: tuple[str, ...] = ()    # arguments of `avsiam shard` / `avsiam pretrain`
+    job_args: tuple[str, ...] = ()    # arguments of `avsiam shard|pretrain|finetune`
     num_tasks: int | None = None      # shard: the n of "task k of n"
+    run_dir: str | None = None        # training: the run folder (stop-request files)
+    expect_gpus: int = 0              # training: GPUs per node the flags ask for (0: CPU ranks)
+    expect_source: str = ""           # the flag that asks for them
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown job kind {self.kind!r}; choose from {', '.join(KINDS)}")
         if self.kind == "shard" and (self.num_tasks is None or self.num_tasks < 1):
             raise ValueError("a sharding array needs num_tasks >= 1 (--array N)")
+        if self.kind in TRAINING_KINDS and not self.run_dir:
+            raise ValueError(f"a {self.kind} job needs its run folder (run_dir)")
 
 
 def render_template(name: str, values: dict[str, str]) -> str:
@@ -137,7 +153,8 @@ def render(job: JobScript) -> str:
     """The complete batch script of `job` (self-contained: sbatch stores it for requeues)."""
     signal, effect = STEP_SIGNAL[job.kind]
     requeue = render_template("requeue_on_signal.sh",
-                              {"step_signal": signal, "step_signal_effect": effect}).rstrip("\n")
+                              {"step_signal": signal, "step_signal_effect": effect,
+                               "resend_seconds": str(RESEND_SECONDS)}).rstrip("\n")
     values = {
         "sbatch_header": job.sbatch.header(),
         "python": shlex.quote(job.python),
@@ -145,6 +162,10 @@ def render(job: JobScript) -> str:
         "job_args": shlex.join(job.job_args),
         "num_tasks": str(job.num_tasks),
         "requeue_on_signal": requeue,
+        "command": job.kind,
+        "run_dir": shlex.quote(job.run_dir or ""),
+        "expect_gpus": str(job.expect_gpus),
+        "expect_source": shlex.quote(job.expect_source or "none"),
     }
-    text = render_template(f"{job.kind}.sbatch", values)
+    text = render_template(TEMPLATE[job.kind], values)
     return "".join(line.rstrip() + "\n" for line in text.splitlines())

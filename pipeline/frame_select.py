@@ -2,9 +2,10 @@
 
 The stored frame for a wanted index i (counted at the stream's fps from the window start) is the
 decoded frame whose presentation time is nearest to i / fps. ffmpeg's `select` filter passes on
-only the candidates: every frame within one frame period of a target, and the first frame at or
-after each target (so a target always has one unless the stream ended before it). The survivors
-are scaled and written out with their presentation times (a `framecrc` side output in the input
+only the candidates: a frame within one frame period of a target that is nearer to it than the
+frame passed before, and the first frame at or after a target that has none within a period (so
+a target always has one unless the stream ended before it). The survivors (at most two per
+target in a stream of one frame per period) are scaled and written out with their presentation times (a `framecrc` side output in the input
 stream's time base), and `pick` chooses per target.
 
 When the wanted indices lie at least `SKIP_SPACING` frames apart (10 frames of a 10-s window are
@@ -49,10 +50,17 @@ def _intervals(times: list[float], reach: float) -> list[tuple[float, float]]:
 
 
 def expression(times: list[float], period: float) -> str:
-    """The `select` expression passing the candidates of every target in `times`."""
+    """The `select` expression passing the candidates of every target in `times`: a frame within
+    reach of a target that is nearer to it than the frame passed last, and the first frame at or
+    after a target when nothing within reach of it was passed. The frame `pick` chooses is always
+    among them (at most two per target where the stream has one frame per period)."""
     reach = REACH * period
-    terms = [f"between(t,{low:.6f},{high:.6f})" for low, high in _intervals(times, reach)]
-    terms += [f"gte(t,{t:.6f})*not(gte(prev_t,{t:.6f}))" for t in times]
+    terms = []
+    for t in times:
+        nearer = f"not(lte(abs(prev_selected_t-{t:.6f}),abs(t-{t:.6f})))"
+        terms.append(f"between(t,{max(0.0, t - reach):.6f},{t + reach:.6f})*{nearer}")
+        terms.append(f"gte(t,{t:.6f})*not(gte(prev_t,{t:.6f}))"
+                     f"*not(lte(abs(prev_selected_t-{t:.6f}),{reach:.6f}))")
     return "+".join(terms)
 
 

@@ -11,11 +11,12 @@ from pipeline.errors import MISSING_FILE
 from pipeline.frames import CROPS, SAMPLINGS
 from pipeline.manifest import KINDS
 from pipeline.params import CUT_TOLERANCE_S, SEGMENT_MODES, ClipParams, MediaLimits
-from pipeline.plan import DEFAULT_EXTENSIONS, PlanParams
-from shards import format as fmt
+from pipeline.plan import PlanParams
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    # Defaults are those of the dataclasses that own them (never re-typed here).
+    plan_defaults, defaults_clip, defaults_media = PlanParams(), ClipParams(), MediaLimits()
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--manifest", help="AudioSet segments CSV, VGGSound CSV, or a CSV/Parquet "
                         "with id or path, start, end, labels; omit to take every file in --videos")
@@ -24,10 +25,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "default: the sorted labels of the manifest")
     inputs.add_argument("--videos", required=True, help="folder of media files; every file a "
                         "row names must lie in it ('/' allows any absolute path)")
-    inputs.add_argument("--template", default="{ytid}",
+    inputs.add_argument("--template", default=plan_defaults.template,
                         help="file name under --videos: {ytid} {id} {start} {end} {start_ms} "
                         "{end_ms}, e.g. '{ytid}_{start:06d}.mp4'")
-    inputs.add_argument("--extensions", default=",".join(DEFAULT_EXTENSIONS),
+    inputs.add_argument("--extensions", default=",".join(plan_defaults.extensions),
                         help="extensions tried in order")
     inputs.add_argument("--select-split", help="keep only rows of this manifest split "
                         "(VGGSound: train or test; required there, 'all' keeps both)")
@@ -38,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "them; cut: each file is already its segment (decoded from 0); auto: "
                         f"per file, cut when its duration is within {CUT_TOLERANCE_S:g} s of the "
                         "window length (or shorter than the window), else seek")
-    inputs.add_argument("--min-coverage", type=float, default=ClipParams().min_coverage,
+    inputs.add_argument("--min-coverage", type=float, default=defaults_clip.min_coverage,
                         help="least fraction of a window that must decode; shorter windows fail "
                         "as short_window, longer ones are kept with their coverage recorded")
     inputs.add_argument("--allow-missing", action="store_true",
@@ -46,27 +47,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     output = parser.add_argument_group("output")
     output.add_argument("--out", required=True, help="output folder (one per split)")
-    output.add_argument("--split", default="train", help="split name in shard file names")
-    output.add_argument("--samples-per-shard", type=int, default=1000)
-    output.add_argument("--max-shard-bytes", type=int, default=2 << 30,
+    output.add_argument("--split", default=plan_defaults.split, help="split name in shard file names")
+    output.add_argument("--samples-per-shard", type=int, default=plan_defaults.samples_per_shard)
+    output.add_argument("--max-shard-bytes", type=int, default=plan_defaults.max_shard_bytes,
                         help="hard cap per tar, planned with true worst-case sample sizes "
                         "(a row that alone could pass it is refused, naming the bound)")
-    output.add_argument("--num-frames", type=int, default=fmt.DEFAULT_NUM_FRAMES)
-    output.add_argument("--frame-size", type=int, default=fmt.DEFAULT_FRAME_SIZE)
-    output.add_argument("--frame-crop", choices=CROPS, default=ClipParams().frame_crop,
+    output.add_argument("--num-frames", type=int, default=defaults_clip.num_frames)
+    output.add_argument("--frame-size", type=int, default=defaults_clip.frame_size)
+    output.add_argument("--frame-crop", choices=CROPS, default=defaults_clip.frame_crop,
                         help="center: short side resized to --frame-size (bicubic) then centre "
                         "crop, as CAV-MAE (default); squash: the whole picture resized to a "
                         "square, as AVSiam's own loaders")
     output.add_argument("--frame-sampling", choices=SAMPLINGS,
-                        default=ClipParams().frame_sampling,
+                        default=defaults_clip.frame_sampling,
                         help="cavmae: frames at int(i * total / N) (default); avsiam: "
                         "floor(linspace(s, total - 1, N)), s in 0..4 fixed per clip from its key")
-    output.add_argument("--jpeg-quality", type=int, default=90)
+    output.add_argument("--jpeg-quality", type=int, default=defaults_clip.jpeg_quality)
     output.add_argument("--keep-single-modality", action="store_true",
                         help="keep audio-only / video-only clips (recorded per sample)")
 
     limits = parser.add_argument_group("limits (bad input)")
-    defaults_clip, defaults_media = ClipParams(), MediaLimits()
     limits.add_argument("--max-window-seconds", type=float,
                         default=defaults_clip.max_window_seconds)
     limits.add_argument("--max-pixels", type=int, default=defaults_clip.max_pixels)

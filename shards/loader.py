@@ -107,6 +107,16 @@ def _norm_of(cfg: LoaderConfig, ds: DatasetSource) -> tuple[float, float]:
     return float(mean), float(std)
 
 
+def normalization_source(mean: float, std: float, facts: dict | None) -> str:
+    """Which choice (mean, std) came from: paper (the constants), dataset (the dataset.json
+    statistics) or given (fbank_mean/fbank_std options)."""
+    if (mean, std) == (DEFAULT_FBANK_MEAN, DEFAULT_FBANK_STD):
+        return "paper"
+    if facts and (facts.get("fbank_mean"), facts.get("fbank_std")) == (mean, std):
+        return "dataset"
+    return "given"
+
+
 def _train_epoch_batches(cfg: LoaderConfig, datasets: list[DatasetSource]) -> int:
     total = cfg.samples_per_epoch
     if total is None:

@@ -35,7 +35,7 @@ def main(out: Path, stages: list[int]) -> None:
         cfg = load_config(None, OVERRIDES + [f"deepspeed.zero_stage={stage}"])
         torch.manual_seed(cfg.seed)
         module = build_pretrain_module(cfg)
-        engine = create_engine(module, cfg, ctx.world_size, "cpu")
+        engine, _ = create_engine(module, cfg, ctx.world_size, "cpu")
         model = module.model
         plan = MaskPlan(MultiRatioMasker(ratios=cfg.objective.mask_ratios, audio_grid=model.audio_grid,
                                          visual_grid=model.visual_grid),

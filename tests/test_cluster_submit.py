@@ -43,13 +43,21 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     assert "rdzv_port=$((20000 + SLURM_JOB_ID % 20000))" in script
     assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script and "NodeAddr=" in script
     # node and rank counts come from SLURM's environment, never written a second time
-    assert '--nnodes="$SLURM_JOB_NUM_NODES"' in script and "SLURM_GPUS_PER_NODE" in script
+    assert '--nnodes="$SLURM_JOB_NUM_NODES"' in script
+    assert '--nproc-per-node="$procs_per_node"' in script
+    # torchrun leaves TERM to its ranks (its handler would stop them before they saved)
+    assert "--signals-to-handle=SIGINT,SIGHUP,SIGQUIT" in script
+    assert """bash -c 'trap "" USR1 TERM; exec "$0" "$@"'""" in script
+    assert "-m cluster.ranks --expect 8 --expect-source '--gpus-per-node 8'" in script
+    # the run folder (stop-request files) is resolved at submit time, from where submit runs
+    assert f"run_dir='{REPO}/runs/large run'" in script
     assert "--nnodes=4" not in script and "nproc-per-node=8" not in script
     assert "export PYTHONPATH=/srv/avsiam${PYTHONPATH:+:$PYTHONPATH}" in script
     # job arguments are shell-quoted, after the command
     assert script.rstrip().endswith(
         "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in script and "trap on_warning USR1" in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "trap 'on_stop_signal USR1' USR1" in script and "trap 'on_stop_signal TERM' TERM" in script
 
 
 def test_shard_array_passes_task_k_of_n_and_workers_from_slurm():
@@ -81,7 +89,7 @@ def test_rendered_scripts_are_valid_bash(kind, extra, job, tmp_path):
 def _job(**sbatch) -> JobScript:
     options = SbatchOptions(job_name="j", output="%x-%j.out", **sbatch)
     return JobScript(kind="pretrain", sbatch=options, python="/env/bin/python", project_dir="/proj",
-                     job_args=("--config", "tiny_cpu"))
+                     job_args=("--config", "tiny_cpu"), run_dir="/runs/r")
 
 
 def test_rendering_is_deterministic_and_fills_every_placeholder():
@@ -104,7 +112,7 @@ def test_templates_hold_no_site_values():
     assert "#SBATCH --time" not in script and "#SBATCH --gpus-per-node" not in script
     absolute = {word for line in script.splitlines() if not line.startswith("#")
                 for word in line.replace("=", " ").split() if word.startswith("/")}
-    assert absolute == {"/env/bin/python", "/proj${PYTHONPATH:+:$PYTHONPATH}"}
+    assert absolute == {"/env/bin/python", "/proj${PYTHONPATH:+:$PYTHONPATH}", "/runs/r"}
 
 
 def test_defaults_come_from_the_running_interpreter_and_checkout():
@@ -144,5 +152,5 @@ def test_without_sbatch_submit_says_where_to_run(monkeypatch, capsys, tmp_path):
     monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch on PATH
     parser = __import__("argparse").ArgumentParser()
     submit.add_arguments(parser)
-    assert submit.main(parser.parse_args(["pretrain"])) == 1
+    assert submit.main(parser.parse_args(["pretrain", "--", "--config", "tiny_cpu"])) == 1
     assert "sbatch not found" in capsys.readouterr().err

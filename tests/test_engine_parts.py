@@ -61,6 +61,11 @@ def test_fbank_normalisation_is_the_papers_unless_dataset_is_chosen():
     ("max_steps=abc", "max_steps: expected int"),
     ("objective.schedule=both", "objective.schedule must be one of sum, alternate"),
     ("data.options={rank: 1}", "data.options may not set ['rank']"),
+    ("data.options.nosie=true", "unknown config key(s) ['data.options.nosie']"),
+    ("data.options.freqm=wide", "data.options.freqm: expected int"),
+    ("data.options.norm_order=sideways", "data.options: norm_order must be"),
+    ("deepspeed.gradient_accumulation=2", "unknown config key(s) ['deepspeed.gradient_accumulation']"),
+    ("gradient_accumulation=0", "gradient_accumulation must be > 0"),
     ("optim.lr", "is not key=value"),
 ])
 def test_bad_overrides_are_clear_errors(override, message):
@@ -69,7 +74,7 @@ def test_bad_overrides_are_clear_errors(override, message):
 
 
 def test_deepspeed_config_is_derived():
-    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "deepspeed.gradient_accumulation=2",
+    cfg = load_config("avsiam_base", ["optim.grad_clip=1.0", "gradient_accumulation=2",
                                       "objective.schedule=sum"])
     ds = derive_deepspeed_config(cfg, world_size=16, device_type="cuda")
     assert ds["zero_optimization"]["stage"] == 2 and ds["bf16"] == {"enabled": True}
@@ -228,10 +233,13 @@ def test_pretrain_module_freezes_what_pretraining_never_calls():
     module = build_pretrain_module(cfg)
     frozen = {n.split(".")[1] for n, p in module.named_parameters() if not p.requires_grad}
     assert frozen == {"head_a", "head_v", "head_av"}
-    groups = param_groups(module, 0.05)
+    groups = {g["name"]: g for g in param_groups(module, 0.05)}
+    assert set(groups) == {"backbone", "backbone/no_decay", "fusion", "fusion/no_decay", "decoder",
+                           "decoder/no_decay"}
     names = {id(p): n for n, p in module.named_parameters()}
-    no_decay = {names[id(p)] for p in groups[1]["params"]}
-    assert "model.embed_a.pos_embed" in no_decay and groups[1]["weight_decay"] == 0.0
-    assert all(p.ndim > 1 for p in groups[0]["params"])
+    no_decay = {names[id(p)] for p in groups["backbone/no_decay"]["params"]}
+    assert "model.embed_a.pos_embed" in no_decay and groups["backbone/no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim > 1 and g["weight_decay"] == 0.05 and g["lr_scale"] == 1.0
+               for name, g in groups.items() if "/" not in name for p in g["params"])
     no_rec = build_pretrain_module(load_config("tiny_cpu", ["model.depth=1", "objective.reconstruction_weight=0"]))
     assert not any(p.requires_grad for p in no_rec.model.decoder.parameters())

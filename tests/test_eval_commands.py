@@ -68,7 +68,7 @@ def test_classify_reports_every_input_mode_and_matches_sklearn(data, tmp_path):
 
     # the audio mAP is sklearn's per-class AP of the model's own sigmoid outputs on the clips
     from trainer.evaluation.inputs import EvalInputs, eval_loader
-    from trainer.evaluation.model_source import load_model
+    from trainer.model.source import load_model
     model = load_model(data["model"])
     loader = eval_loader(EvalInputs(model=str(data["model"]), shards=data["shards"]), model,
                          "middle", with_classes=True)
@@ -120,7 +120,7 @@ def test_embed_writes_one_row_per_clip_and_retrieval_agrees_from_both_sources(da
 
 
 def test_unreadable_model_sources_are_clear_errors(tmp_path, capsys):
-    from trainer.evaluation.model_source import ModelSourceError, load_model
+    from trainer.model.source import ModelSourceError, load_model
 
     with pytest.raises(ModelSourceError, match="no such model"):
         load_model(tmp_path / "missing.safetensors")

@@ -107,16 +107,22 @@ def test_overrides_and_bad_values_are_checked():
         load_finetune_config("tiny_cpu", ["average_last=9"])
     with pytest.raises(FileNotFoundError, match="presets"):
         load_finetune_config("no_such_recipe")
+    with pytest.raises(ValueError, match=r"data\.options\.mixupp"):    # the run fields are the loop's
+        load_finetune_config("tiny_cpu", ["data.options.mixupp=0.2"])
+    with pytest.raises(ValueError, match="log_every must be > 0"):
+        load_finetune_config("tiny_cpu", ["log_every=0"])
 
 
 def test_parameter_groups_scale_heads_and_fusion_and_skip_the_decoder():
     from trainer.finetune.config import load_finetune_config
-    from trainer.finetune.module import FinetuneModule, build_finetune_model, param_groups
+    from trainer.engine.module import param_groups
+    from trainer.finetune.module import FinetuneModule, build_finetune_model
+    from trainer.finetune.run import FinetuneKind
 
     cfg = load_finetune_config("as20k", ["model={size: tiny, depth: 2, audio_frames: 64, "
                                          "image_size: 32, decoder_depth: 1}", "num_classes=5"])
     module = FinetuneModule(build_finetune_model(cfg))
-    groups = param_groups(module, cfg)
+    groups = param_groups(module, cfg.optim.weight_decay, FinetuneKind(cfg).lr_scales())
     names = {id(p): n for n, p in module.model.named_parameters()}
     seen = [names[id(p)] for g in groups for p in g["params"]]
     trainable = [n for n, p in module.model.named_parameters() if p.requires_grad]

@@ -76,6 +76,11 @@ def test_fbank_normalisation_uses_the_paper_constants_unless_dataset_is_chosen(s
     assert torch.allclose(a["audio"][:, -1], torch.full_like(a["audio"][:, -1], 5.081 / 4.4849))
     with pytest.raises(ValueError, match="normalization"):
         make_loader(str(shards_dir), mode="eval", batch_size=2, normalization="split")
+    # the model file records the choice with the values (trainer.model.file_metadata)
+    from trainer.model.file_metadata import loader_facts
+    assert loader_facts(paper).normalization == {"mean": -5.081, "std": 4.4849, "source": "paper"}
+    assert loader_facts(measured).normalization == {"mean": info["fbank_stats"]["mean"],
+                                                    "std": info["fbank_stats"]["std"], "source": "dataset"}
 
 
 def test_eval_all_frames_and_labels_from_pipeline_shards(shards_dir):

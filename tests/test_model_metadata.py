@@ -79,12 +79,12 @@ def test_pretrain_checkpoint_and_export_record_the_training_facts(shards, tmp_pa
          "checkpoint.every_steps=0")
     marker = json.loads(next(run.glob("checkpoints/step_*/complete.json")).read_text())
     assert isinstance(marker["model_config"], dict) and marker["model_config"]["depth"] == 1
-    assert marker["model_facts"] == {"normalization": {"mean": -4.25, "std": 3.5},
+    assert marker["model_facts"] == {"normalization": {"mean": -4.25, "std": 3.5, "source": "given"},
                                      "labels": _vocabulary(shards)}
     out = tmp_path / "model.safetensors"
     assert avsiam(["export", "--checkpoint", str(run / "checkpoints"), "--out", str(out)]) == 0
     header = _header(out)
-    assert json.loads(header["normalization"]) == {"mean": -4.25, "std": 3.5}
+    assert json.loads(header["normalization"]) == {"mean": -4.25, "std": 3.5, "source": "given"}
     assert json.loads(header["labels"])["ids"] == _vocabulary(shards)["ids"]
     assert json.loads(header["audio_frames"]) == 64
 

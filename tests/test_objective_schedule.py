@@ -72,8 +72,9 @@ def test_official_schedule_saves_both_adam_states_and_resumes_them_exactly(shard
         for state in states.values():
             (c_step, c_avg, c_sq), (r_step, r_avg, r_sq) = names
             assert float(state[c_step]) == float(state[r_step]) == 4     # one step of each per batch
-            assert not torch.allclose(state[c_avg], state[r_avg])       # distinct moments
-            assert not torch.allclose(state[c_sq], state[r_sq])
+            # distinct moments (relative: a group of norms/biases holds second moments ~1e-11)
+            assert not torch.allclose(state[c_avg], state[r_avg], atol=0)
+            assert not torch.allclose(state[c_sq], state[r_sq], atol=0)
     resumed = tmp_path / "resumed"
     shutil.copytree(step4, resumed / "checkpoints" / step4.name)
     after = pretrain(shards, resumed, *extra, "--resume", "auto", nproc=2)

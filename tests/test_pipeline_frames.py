@@ -181,3 +181,26 @@ def test_avsiam_offsets_are_fixed_per_key_and_cover_0_to_4():
     first = frames_mod.avsiam_offset("x")
     assert frames_mod.frame_indices(250, 10, "avsiam", "x") == \
         [int(v) for v in np.linspace(first, 249, 10)]
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_select_passes_the_nearest_frame_and_at_most_two_per_target(clips, skip):
+    """The select expression alone, in ffmpeg: every target's nearest decoded frame is among the
+    frames it passes, and no more than two per target are scaled and written."""
+    targets = frame_select.targets([0, 5, 10, 22, 37, 49], FPS)
+    command = ["ffmpeg", "-v", "error", "-nostdin", *(["-skip_frame:v", "noref"] if skip else []),
+               "-i", str(clips / "pyramid.mp4"), "-map", "0:v",
+               "-vf", f"select='{frame_select.expression(targets, 1 / FPS)}'",
+               "-vsync", "passthrough", "-enc_time_base", "-1", "-f", "framecrc", "-"]
+    passed = frame_select.parse_framecrc(subprocess.run(command, capture_output=True, text=True,
+                                                        check=True).stdout)
+    every = ["ffmpeg", "-v", "error", "-nostdin", *(["-skip_frame:v", "noref"] if skip else []),
+             "-i", str(clips / "pyramid.mp4"), "-map", "0:v", "-vsync", "passthrough",
+             "-enc_time_base", "-1", "-f", "framecrc", "-"]
+    decoded = frame_select.parse_framecrc(subprocess.run(every, capture_output=True, text=True,
+                                                         check=True).stdout)
+    assert len(decoded) < 40 if skip else len(decoded) == 50      # noref: about half skipped
+    best = [decoded[j] for j in frame_select.pick(targets, decoded, 1 / FPS)[0]]
+    assert set(best) <= set(passed)
+    assert len(passed) <= 2 * len(targets)
+    assert [passed[j] for j in frame_select.pick(targets, passed, 1 / FPS)[0]] == best

@@ -131,7 +131,7 @@ def test_two_ranks_to_one_through_a_universal_checkpoint(shards, reference, tmp_
 
 @pytest.mark.parametrize("stage,nproc,extra", [
     (1, 1, ["objective.schedule=alternate"]),
-    (1, 2, ["deepspeed.gradient_accumulation=2"]),
+    (1, 2, ["gradient_accumulation=2"]),
     (3, 1, ["deepspeed.grad_checkpointing=true"]),
     (3, 2, ["objective.contrastive_chunk=2", "data.num_workers=1", "data.options.raw_frames=true"]),
 ])

@@ -21,11 +21,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("action", choices=("start", "stop", "status"))
     parser.add_argument("--dir", type=Path, help="cluster folder (start: default a new temp one)")
     parser.add_argument("--nodes", type=int, default=2, help="slurmd daemons (node1..nodeN)")
+    parser.add_argument("--gres-gpus", type=int, default=0, metavar="N",
+                        help="a gpu gres of N GPUs per node (no real devices: a --gres=gpu:N job "
+                        "gets N CPU ranks per node)")
+    parser.add_argument("--grace-time", type=int, default=60, metavar="S",
+                        help="seconds a job preempted by the 'urgent' partition gets to save")
     args = parser.parse_args(argv)
     if args.action == "start":
         root = args.dir or Path(tempfile.mkdtemp(prefix="avsiam-slurm-"))
         root.mkdir(parents=True, exist_ok=True)
-        cluster = LocalSlurmCluster(nodes=args.nodes, root=root, die_with_parent=False)
+        cluster = LocalSlurmCluster(nodes=args.nodes, root=root, die_with_parent=False,
+                                    gres_gpus=args.gres_gpus, grace_time_s=args.grace_time)
         try:
             cluster.start()
         except SlurmUnavailable as exc:

@@ -15,6 +15,7 @@ import contextlib
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cluster.local.slurm_conf import (LocalClusterConfig, free_ports, parse_slurm_conf,
-                                      render_slurm_conf)
+                                      gpu_device_paths, render_gres_conf, render_slurm_conf)
 
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "scontrol", "sinfo", "squeue", "scancel")
@@ -52,15 +53,19 @@ class LocalSlurmCluster:
     """Start/stop a private cluster; `env()` is the environment its clients need (SLURM_CONF)."""
 
     def __init__(self, nodes: int = 2, root: Path | None = None, requeue_delay_s: int = 5,
-                 start_timeout_s: float = 60.0, die_with_parent: bool = True):
+                 start_timeout_s: float = 60.0, die_with_parent: bool = True, gres_gpus: int = 0,
+                 grace_time_s: int = 60):
         """`die_with_parent`: the daemons get SIGTERM if this process dies without stopping them
-        (even by SIGKILL); False keeps them running after it exits (`python -m cluster.local`)."""
+        (even by SIGKILL); False keeps them running after it exits (`python -m cluster.local`).
+        `gres_gpus`: a gpu gres of that many (device-less) GPUs per node; `grace_time_s`: what a
+        preempted job of the default partition gets between SIGTERM and SIGKILL."""
         self._own_root = root is None
         self.die_with_parent = die_with_parent
         root = Path(tempfile.mkdtemp(prefix="avsiam-slurm-")) if root is None else Path(root)
         ports = free_ports(nodes + 1)
         self.config = LocalClusterConfig(root=root.resolve(), ctld_port=ports[0],
-                                         node_ports=ports[1:], requeue_delay_s=requeue_delay_s)
+                                         node_ports=ports[1:], requeue_delay_s=requeue_delay_s,
+                                         gres_gpus=gres_gpus, grace_time_s=grace_time_s)
         self.start_timeout_s = start_timeout_s
         self._procs: dict[str, subprocess.Popen] = {}
 
@@ -171,6 +176,8 @@ class LocalSlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         cfg.conf_path.write_text(render_slurm_conf(cfg))
+        cfg.gres_conf_path.write_text(render_gres_conf(cfg))
+        _make_gpu_devices(gpu_device_paths(cfg))
 
     def _start_munged(self) -> None:
         munge = self.config.root / "munge"
@@ -259,6 +266,14 @@ def _untraversable(root: Path) -> str | None:
             return (f"munged needs every folder above its socket to be enterable by all users; "
                     f"{folder} is not (chmod o+x it, or start the cluster in another folder)")
     return None
+
+
+def _make_gpu_devices(paths: list[Path]) -> None:
+    """Character devices with /dev/null's numbers: what SLURM needs behind a gpu gres (no GPU)."""
+    for path in paths:
+        path.parent.mkdir(exist_ok=True)
+        if not path.exists():
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
 
 
 def _term_on_parent_death() -> None:

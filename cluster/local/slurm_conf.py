@@ -26,6 +26,13 @@ class LocalClusterConfig:
     # SLURM's default is 120 s, which would make every requeue in the tests wait two minutes; below
     # 5 s SLURM silently falls back to that default (measured with 22.05), hence the minimum.
     requeue_delay_s: int = 5
+    # A gpu gres of this many devices per node (0: none). No device is behind it: jobs that ask
+    # for --gres=gpu:N get SLURM's GPU variables and run CPU ranks (gloo), as the tests need.
+    gres_gpus: int = 0
+    # Preemption: jobs of `urgent_partition` (higher PriorityTier, same nodes) preempt those of
+    # `partition`, which SLURM signals with SIGTERM, gives `grace_time_s` and then requeues.
+    urgent_partition: str = "urgent"
+    grace_time_s: int = 60
 
     def __post_init__(self) -> None:
         if not self.node_ports:
@@ -34,6 +41,8 @@ class LocalClusterConfig:
             raise ValueError(f"ports must differ: ctld {self.ctld_port}, nodes {self.node_ports}")
         if self.requeue_delay_s < 5:
             raise ValueError("requeue_delay_s must be at least 5 s (SLURM ignores shorter ones)")
+        if self.gres_gpus < 0 or self.grace_time_s < 0:
+            raise ValueError("gres_gpus and grace_time_s cannot be negative")
 
     @property
     def nodes(self) -> tuple[str, ...]:
@@ -42,6 +51,10 @@ class LocalClusterConfig:
     @property
     def conf_path(self) -> Path:
         return self.root / "slurm.conf"
+
+    @property
+    def gres_conf_path(self) -> Path:
+        return self.root / "gres.conf"
 
     @property
     def munge_socket(self) -> Path:
@@ -58,7 +71,8 @@ class LocalClusterConfig:
 
 
 def render_slurm_conf(cfg: LocalClusterConfig) -> str:
-    """The slurm.conf text: root-run daemons, munge on a private socket, one partition."""
+    """The slurm.conf text: root-run daemons, munge on a private socket, a default partition and
+    a higher-priority one over the same nodes whose jobs preempt (requeue) the default's."""
     root = cfg.root
     lines = [
         "# Written by cluster/local; a private test cluster on 127.0.0.1.",
@@ -80,6 +94,8 @@ def render_slurm_conf(cfg: LocalClusterConfig) -> str:
         "SlurmdParameters=config_overrides",
         "ReturnToService=2",
         "JobRequeue=1",
+        "PreemptType=preempt/partition_prio",
+        "PreemptMode=REQUEUE",
         "KillWait=5",
         "MinJobAge=600",
         "InactiveLimit=0",
@@ -94,12 +110,30 @@ def render_slurm_conf(cfg: LocalClusterConfig) -> str:
         f"SlurmctldLogFile={cfg.log_dir / 'slurmctld.log'}",
         f"SlurmdLogFile={cfg.log_dir / 'slurmd-%n.log'}",
     ]
+    gres = f" Gres=gpu:{cfg.gres_gpus}" if cfg.gres_gpus else ""
+    if cfg.gres_gpus:
+        lines.append("GresTypes=gpu")
     for name, port in zip(cfg.nodes, cfg.node_ports):
         lines.append(f"NodeName={name} NodeHostname={cfg.hostname} NodeAddr=127.0.0.1 Port={port} "
-                     f"CPUs={cfg.cpus_per_node} RealMemory={cfg.memory_mb} State=UNKNOWN")
-    lines.append(f"PartitionName={cfg.partition} Nodes={','.join(cfg.nodes)} Default=YES "
-                 "MaxTime=INFINITE State=UP")
+                     f"CPUs={cfg.cpus_per_node} RealMemory={cfg.memory_mb}{gres} State=UNKNOWN")
+    nodes = ",".join(cfg.nodes)
+    lines.append(f"PartitionName={cfg.partition} Nodes={nodes} Default=YES MaxTime=INFINITE "
+                 f"State=UP PriorityTier=1 PreemptMode=REQUEUE GraceTime={cfg.grace_time_s}")
+    lines.append(f"PartitionName={cfg.urgent_partition} Nodes={nodes} MaxTime=INFINITE State=UP "
+                 "PriorityTier=2 PreemptMode=OFF")
     return "\n".join(lines) + "\n"
+
+
+def render_gres_conf(cfg: LocalClusterConfig) -> str:
+    """gres.conf: `gres_gpus` GPUs per node on every node. SLURM drops GPUs without device files,
+    so each is a character device like /dev/null in the cluster folder (`gpu_device_paths`)."""
+    if not cfg.gres_gpus:
+        return "# no gres\n"
+    return f"Name=gpu File={cfg.root / 'dev'}/gpu[0-{cfg.gres_gpus - 1}]\n"
+
+
+def gpu_device_paths(cfg: LocalClusterConfig) -> list[Path]:
+    return [cfg.root / "dev" / f"gpu{i}" for i in range(cfg.gres_gpus)]
 
 
 def parse_slurm_conf(root: Path) -> LocalClusterConfig:
@@ -107,20 +141,23 @@ def parse_slurm_conf(root: Path) -> LocalClusterConfig:
     path = root / "slurm.conf"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {root} holds no local cluster")
-    ctld_port, node_ports, delay = None, [], 5
+    ctld_port, node_ports, delay, gpus, grace = None, [], 5, 0, 60
     for line in path.read_text().splitlines():
         fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
         if "SlurmctldPort" in fields:
             ctld_port = int(fields["SlurmctldPort"])
         elif "NodeName" in fields:
             node_ports.append(int(fields["Port"]))
+            gpus = int(fields.get("Gres", "gpu:0").rsplit(":", 1)[-1])
+        elif "GraceTime" in fields:
+            grace = int(fields["GraceTime"])
         elif "AuthInfo" in fields:
             opts = dict(o.split("=", 1) for o in fields["AuthInfo"].split(",") if "=" in o)
             delay = int(opts.get("cred_expire", delay))
     if ctld_port is None or not node_ports:
         raise ValueError(f"{path} names no SlurmctldPort or no node: not written by cluster/local")
     return LocalClusterConfig(root=root, ctld_port=ctld_port, node_ports=tuple(node_ports),
-                              requeue_delay_s=delay)
+                              requeue_delay_s=delay, gres_gpus=gpus, grace_time_s=grace)
 
 
 def free_ports(count: int) -> tuple[int, ...]:

@@ -9,17 +9,16 @@ The DeepSpeed config is derived from this one (`deepspeed_config.py`), never wri
 from __future__ import annotations
 
 import dataclasses
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from shards.config import NORMALIZATIONS
 from trainer.masking import AUDIO_MASKS
 from trainer.model.config import AVSiamConfig
+
+from .preflight import check_loader_options
+from .yaml_config import load_yaml_config, plain
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRECISIONS = ("bf16", "fp16", "fp32")
@@ -37,20 +36,16 @@ class DataConfig:
     # fbank mean/std: paper (-5.081 / 4.4849, every split alike, as the released weights saw) |
     # dataset (the shards' measured dataset.json statistics). Recorded in the model file.
     normalization: str = "paper"
-    options: dict[str, Any] = field(default_factory=dict)  # further make_loader options (LoaderConfig)
+    # Further loader options: fields of shards.config.LoaderConfig, typed and checked at load.
+    options: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _positive("data.batch_size", self.batch_size)
         if self.num_workers < 0:
             raise ValueError(f"data.num_workers must be >= 0, got {self.num_workers}")
         _choice("data.normalization", self.normalization, NORMALIZATIONS)
-        reserved = {"batch_size", "rank", "world_size", "num_workers", "seed", "mode", "normalization"} \
-            & set(self.options)
-        if reserved:
-            raise ValueError(f"data.options may not set {sorted(reserved)}: the engine sets them "
-                             "(use data.batch_size, data.num_workers, data.normalization, seed)")
-        from .preflight import check_loader_options
-        check_loader_options(self.options, batch_size=self.batch_size, num_workers=self.num_workers)
+        self.options = check_loader_options(self.options, batch_size=self.batch_size,
+                                            num_workers=self.num_workers)
 
     def loader_options(self) -> dict[str, Any]:
         """make_loader keyword options of this section (beyond batch size and workers)."""
@@ -149,7 +144,6 @@ class DeepSpeedConfig:
     zero_stage: int = 2             # 1 | 2 | 3
     precision: str = "bf16"         # bf16 | fp16 | fp32 (fp32 on CPU)
     grad_checkpointing: bool = False  # non-reentrant activation checkpointing of the ViT blocks
-    gradient_accumulation: int = 1  # micro-batches per optimizer step (each its own contrastive batch)
     overlap_comm: bool | None = None  # None: on for CUDA, off for CPU
     reduce_bucket_size: int = 200_000_000
     allgather_bucket_size: int = 200_000_000
@@ -158,7 +152,6 @@ class DeepSpeedConfig:
     def __post_init__(self) -> None:
         _choice("deepspeed.zero_stage", self.zero_stage, (1, 2, 3))
         _choice("deepspeed.precision", self.precision, PRECISIONS)
-        _positive("deepspeed.gradient_accumulation", self.gradient_accumulation)
 
 
 @dataclass(kw_only=True)
@@ -167,37 +160,39 @@ class CheckpointConfig:
 
     dir: str | None = None          # None: <run.out_dir>/checkpoints
     every_steps: int = 1000         # 0 = only at the end and on a stop signal
+    every_minutes: float = 0.0      # also save when this long passed since the last (0 = off)
     keep: int = 3                   # complete checkpoints kept (older ones are deleted); 0 = all
     resume: str = "none"            # none | auto (latest complete, none if there is none) | a folder
     save_final: bool = True
 
     def __post_init__(self) -> None:
-        if self.every_steps < 0 or self.keep < 0:
-            raise ValueError("checkpoint.every_steps and checkpoint.keep must be >= 0")
+        if self.every_steps < 0 or self.keep < 0 or self.every_minutes < 0:
+            raise ValueError("checkpoint.every_steps, checkpoint.every_minutes and checkpoint.keep "
+                             "must be >= 0")
 
 
 @dataclass(kw_only=True)
-class PretrainConfig:
-    """A whole pretraining run."""
+class RunConfig:
+    """The fields every run has, pretraining or fine-tuning: what the loop (`loop.py`) reads."""
 
-    out_dir: str = "runs/pretrain"  # TensorBoard logs, metrics.jsonl, checkpoints
-    max_steps: int = 1000           # optimizer steps (schedule length)
+    out_dir: str = "runs/run"       # TensorBoard logs, metrics.jsonl, checkpoints
     seed: int = 0
     device: str = "auto"            # auto (cuda when available) | cuda | cpu
     log_every: int = 10             # metric records every N steps (JSONL, TensorBoard)
     progress: bool = True           # tqdm bar on rank 0
     stop_at_step: int | None = None  # behave as if a stop signal arrived after this step (tests, drills)
+    # Micro-batches per optimizer step (in pretraining each its own contrastive batch); the loop
+    # accumulates them, DeepSpeed's own gradient_accumulation_steps is always 1.
+    gradient_accumulation: int = 1
     peak_tflops: float | None = None  # device peak for MFU; None: known GPUs, else MFU is not reported
-    model: AVSiamConfig = field(default_factory=AVSiamConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
     def __post_init__(self) -> None:
-        _positive("max_steps", self.max_steps)
         _positive("log_every", self.log_every)
+        _positive("gradient_accumulation", self.gradient_accumulation)
         _choice("device", self.device, ("auto", "cuda", "cpu"))
         if self.stop_at_step is not None:
             _positive("stop_at_step", self.stop_at_step)
@@ -206,8 +201,53 @@ class PretrainConfig:
     def checkpoint_dir(self) -> Path:
         return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.out_dir) / "checkpoints"
 
+    @property
+    def two_adam_states(self) -> bool:
+        """Whether the optimizer keeps one Adam state per objective phase (phased_adam.PhasedAdam)."""
+        return False
+
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
+
+
+@dataclass(kw_only=True)
+class PretrainConfig(RunConfig):
+    """A whole pretraining run: the run fields plus the model, its objective and the run length."""
+
+    out_dir: str = "runs/pretrain"
+    max_steps: int | None = 1000    # optimizer steps (schedule length); null when max_epochs gives it
+    # Run length in epochs of the training shards (the paper presets: 25): at start max_steps =
+    # round(max_epochs * steps_per_epoch), steps_per_epoch = the loader's batches per epoch (the
+    # shards' records / global batch) // gradient_accumulation (engine/epochs.py), so the lr
+    # milestones (fractions of max_steps) land on the same epochs for any dataset size and GPU count.
+    max_epochs: float | None = None
+    steps_per_epoch: int | None = None  # derived at start when max_epochs is set (recorded); may be given
+    model: AVSiamConfig = field(default_factory=AVSiamConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.max_epochs is None:
+            _positive("max_steps", self.max_steps)
+        else:
+            _positive("max_epochs", self.max_epochs)
+            if self.steps_per_epoch is not None:
+                _positive("steps_per_epoch", self.steps_per_epoch)
+            if self.max_steps is not None and self.steps_per_epoch is None:
+                raise ValueError(f"max_steps={self.max_steps} and max_epochs={self.max_epochs:g} are both set; "
+                                 "give one (max_epochs=null to count optimizer steps)")
+            if self.max_steps is not None and self.max_steps != epoch_steps(self.max_epochs, self.steps_per_epoch):
+                raise ValueError(f"max_steps={self.max_steps} is not max_epochs={self.max_epochs:g} x "
+                                 f"steps_per_epoch={self.steps_per_epoch}; leave max_steps null")
+
+    @property
+    def two_adam_states(self) -> bool:
+        return self.objective.schedule == "official"
+
+
+def epoch_steps(max_epochs: float, steps_per_epoch: int) -> int:
+    """Optimizer steps of `max_epochs` epochs of `steps_per_epoch` steps (at least 1)."""
+    return max(1, round(max_epochs * steps_per_epoch))
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -233,100 +273,6 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | t
     """Read a YAML config (or preset name), apply `key=value` overrides, build and validate."""
     path = None if name_or_path is None else resolve_config_path(name_or_path)
     return load_yaml_config(PretrainConfig, path, overrides)
-
-
-def load_yaml_config(cls, path: Path | None, overrides: list[str] | tuple[str, ...] = ()):
-    """Dataclass `cls` built from the YAML mapping at `path` (None: empty) plus `key=value` overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        raw = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(raw, dict):
-            raise ValueError(f"{path}: a config is a YAML mapping, got {type(raw).__name__}")
-    for item in overrides:
-        apply_override(raw, item)
-    return build(cls, raw, "")
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` (value parsed as YAML) in a nested dict, creating sections as needed."""
-    key, sep, text = item.partition("=")
-    if not sep or not key.strip():
-        raise ValueError(f"override {item!r} is not key=value (e.g. optim.lr=3e-4)")
-    node = raw
-    parts = key.strip().split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(text) if text.strip() else None
-
-
-def build(cls, raw: dict[str, Any], prefix: str):
-    """Build dataclass `cls` from a nested dict, naming unknown keys and wrong types by path."""
-    if not isinstance(raw, dict):
-        raise ValueError(f"config section {prefix or '<root>'!r} must be a mapping, got {raw!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(fields))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {[prefix + k for k in unknown]}; "
-                         f"valid in {prefix.rstrip('.') or 'the top level'}: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in raw.items():
-        hint = hints[name]
-        if dataclasses.is_dataclass(hint):
-            kwargs[name] = build(hint, value or {}, f"{prefix}{name}.")
-        else:
-            kwargs[name] = _coerce(value, hint, prefix + name)
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:
-        raise ValueError(f"config section {prefix.rstrip('.') or '<root>'}: {exc}") from exc
-
-
-def _coerce(value: Any, hint: Any, path: str) -> Any:
-    """Check a YAML value against a field's type; ints become floats where a float is expected."""
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _coerce(value, arg, path)
-            except ValueError as exc:
-                errors.append(str(exc))
-        raise ValueError(errors[0])
-    if hint is Any:
-        return value
-    if origin is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{path}: expected a list, got {value!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(v, item, path) for v in value)
-    if origin is dict or hint is dict:
-        if not isinstance(value, dict):
-            raise ValueError(f"{path}: expected a mapping, got {value!r}")
-        return dict(value)
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)     # YAML 1.1 reads "1e-4" as a string
-        except ValueError:
-            pass
-    if isinstance(hint, type) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
-        raise ValueError(f"{path}: expected {hint.__name__}, got {value!r}")
-    return value
-
-
-def _plain(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _positive(name: str, value) -> None:

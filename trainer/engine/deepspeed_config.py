@@ -1,4 +1,4 @@
-"""Derive the DeepSpeed JSON config from a `PretrainConfig`.
+"""Derive the DeepSpeed JSON config from a run config; the one engine factory and dtype helper.
 
 Choices made here, once:
 - DeepSpeed's own gradient accumulation is always 1. A step's backward passes (gradient-caching
@@ -15,14 +15,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from .config import PretrainConfig
+import torch
+
+from .config import RunConfig
+from .module import param_groups
 
 
-def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: str,
+def derive_deepspeed_config(cfg: RunConfig, world_size: int, device_type: str,
                             load_universal: bool = False) -> dict[str, Any]:
     """The DeepSpeed config dict for `cfg` on `world_size` ranks of `device_type` ('cpu'|'cuda')."""
     ds = cfg.deepspeed
-    micro = cfg.data.batch_size * ds.gradient_accumulation
+    micro = cfg.data.batch_size * cfg.gradient_accumulation
     on_cuda = device_type == "cuda"
     if ds.precision == "fp16" and not on_cuda:
         raise ValueError("deepspeed.precision=fp16 needs CUDA; use fp32 (or bf16) on CPU")
@@ -59,7 +62,7 @@ def derive_deepspeed_config(cfg: PretrainConfig, world_size: int, device_type: s
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": False,
     }
-    if cfg.objective.schedule == "official":
+    if cfg.two_adam_states:
         # The client optimizer (phased_adam.PhasedAdam, built by create_engine) keeps two Adam states.
         del config["optimizer"]
         config["zero_allow_untested_optimizer"] = True
@@ -83,18 +86,31 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def create_engine(module, cfg: PretrainConfig, world_size: int, device_type: str,
-                  load_universal: bool = False):
-    """Wrap `module` (a `PretrainModule`) in a DeepSpeed engine with the derived config."""
+def create_engine(module, cfg: RunConfig, world_size: int, device_type: str, load_universal: bool = False,
+                  lr_scales: dict[str, float] | None = None):
+    """Wrap `module` (a PretrainModule or FinetuneModule) in a DeepSpeed engine with the derived
+    config and `module.param_groups`; returns (engine, [(group name, lr scale)] in optimizer order)."""
     import deepspeed
 
-    from .module import param_groups
     from .phased_adam import build_phased_adam, check_resume
-    check_resume(cfg.objective.schedule, load_universal)
-    ds_config = derive_deepspeed_config(cfg, world_size, device_type, load_universal)
-    groups = param_groups(module, cfg.optim.weight_decay)
-    optimizer = build_phased_adam(groups, cfg.optim) if cfg.objective.schedule == "official" else None
-    engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=None if optimizer else groups,
-                                           optimizer=optimizer, config=ds_config)
+
+    groups = param_groups(module, cfg.optim.weight_decay, lr_scales)
+    plain = [{k: v for k, v in g.items() if k not in ("name", "lr_scale")} for g in groups]
+    optimizer = None
+    if cfg.two_adam_states:
+        check_resume(cfg.objective.schedule, load_universal)
+        optimizer = build_phased_adam(plain, cfg.optim)
+    engine, _, _, _ = deepspeed.initialize(
+        model=module, model_parameters=None if optimizer else plain, optimizer=optimizer,
+        config=derive_deepspeed_config(cfg, world_size, device_type, load_universal))
     engine.train()
-    return engine
+    return engine, [(g["name"], g["lr_scale"]) for g in groups]
+
+
+def engine_dtype(engine) -> torch.dtype:
+    """The dtype the engine's model computes in (inputs are cast to it)."""
+    if engine.bfloat16_enabled():
+        return torch.bfloat16
+    if engine.fp16_enabled():
+        return torch.float16
+    return torch.float32

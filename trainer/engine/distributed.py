@@ -171,6 +171,9 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
+    """Destroy the process groups through DeepSpeed, which also drops the groups it cached: a later
+    run in this process (tests, notebooks) starts clean."""
     import torch.distributed as dist
     if dist.is_initialized():
-        dist.destroy_process_group()
+        import deepspeed.comm
+        deepspeed.comm.destroy_process_group()

@@ -27,9 +27,8 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
         fp32 = get_fp32_state_dict_from_zero_checkpoint(str(point.root), tag=point.tag)
     state = model_state_from_module(fp32)
     cfg = AVSiamConfig.from_json(config_text(marker["model_config"]))
-    fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
     with torch.device("meta"):
-        model = AVSiam(cfg.size, cfg.num_classes, **fields)
+        model = AVSiam.from_config(cfg)
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True, assign=True)
     model.facts = ModelFacts.from_dict(marker.get("model_facts"))
     out = Path(out)

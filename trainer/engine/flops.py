@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from trainer.model.config import AVSiamConfig
+from trainer.model.info import forward_gflops, meta_model
 
 # Dense peak FLOP/s per device (bf16/fp16 tensor cores; "tf32" for fp32 runs), from vendor sheets.
 PEAK_FLOPS = {
@@ -26,11 +27,8 @@ PEAK_FLOPS = {
 def train_flops_per_sample(model: AVSiamConfig, ratios: tuple[float, ...], reconstruction_ratio: float,
                            contrastive: bool = True, reconstruction: bool = True) -> float:
     """Model FLOPs (forward + backward) of one training sample for the enabled objectives."""
-    from trainer.model.info import forward_gflops, meta_model
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model)
-              if f.name not in ("size", "num_classes", "pretrained")}
-    gflops = forward_gflops(meta_model(model.size, num_classes=model.num_classes, **fields),
-                            tuple(ratios), reconstruction_ratio)
+    fields = {**dataclasses.asdict(model), "pretrained": None}   # shapes only: no weights to read
+    gflops = forward_gflops(meta_model(**fields), tuple(ratios), reconstruction_ratio)
     forward = (gflops["contrastive"] if contrastive else 0.0) + (gflops["reconstruction"] if reconstruction else 0.0)
     return 3.0 * forward * 1e9
 

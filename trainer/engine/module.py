@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from trainer.losses import ContrastiveLoss
 from trainer.model import AVSiam
+from trainer.model.parts import freeze_parts, part_of
 
 from .config import ObjectiveConfig, PretrainConfig
 
@@ -29,46 +30,40 @@ class PretrainModule(nn.Module):
         return self.model(task, *args, **kwargs)
 
 
-def build_model(cfg: PretrainConfig) -> AVSiam:
-    """The AVSiam of `cfg.model`, with the engine's activation-checkpointing policy applied."""
-    fields = {k: getattr(cfg.model, k) for k in cfg.model.__dataclass_fields__ if k not in ("size", "num_classes")}
-    model = AVSiam(cfg.model.size, cfg.model.num_classes, **fields)
-    model.set_grad_checkpointing(cfg.deepspeed.grad_checkpointing)
-    return model
-
-
 def build_pretrain_module(cfg: PretrainConfig) -> PretrainModule:
-    module = PretrainModule(build_model(cfg), ContrastiveLoss(temperature=cfg.objective.temperature,
-                                                              learnable=cfg.objective.learnable_temperature))
-    for name in unused_submodules(cfg.objective):
-        getattr(module.model, name).requires_grad_(False)
+    module = PretrainModule(AVSiam.from_config(cfg.model),
+                            ContrastiveLoss(temperature=cfg.objective.temperature,
+                                            learnable=cfg.objective.learnable_temperature))
+    freeze_parts(module.model, unused_parts(cfg.objective))
     return module
 
 
-def unused_submodules(objective: ObjectiveConfig) -> list[str]:
-    """Submodules of AVSiam that the pretraining objective never calls."""
-    names = ["head_a", "head_v", "head_av"]
-    if not objective.uses_reconstruction:
-        names += ["fusion", "decoder"]
-    return names
+def unused_parts(objective: ObjectiveConfig) -> set[str]:
+    """Model parts (trainer.model.parts) that the pretraining objective never calls."""
+    return {"head"} if objective.uses_reconstruction else {"head", "fusion", "decoder"}
 
 
-def param_groups(module: PretrainModule, weight_decay: float) -> list[dict]:
-    """Trainable parameters in two groups: decayed, and not decayed (the model's `no_weight_decay`
-    names, 1-d tensors such as norms and biases, and the temperature)."""
+def param_groups(module: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None
+                 ) -> list[dict]:
+    """Trainable parameters of a module holding the model under `model.`, grouped by (model part,
+    decay). Not decayed: the model's `no_weight_decay` names, 1-d tensors (norms, biases) and
+    parameters outside the model (the temperature, in group "loss"). Each group carries its
+    `name` ("head", "backbone/no_decay", ...) and `lr_scale` (lr_scales[part], default 1)."""
+    scales = lr_scales or {}
+    matcher = module.model.group_matcher(coarse=True)
     skip = {MODEL_PREFIX + n for n in module.model.no_weight_decay()}
-    decay, no_decay = [], []
+    groups: dict[tuple[str, bool], list] = {}
     for name, param in module.named_parameters():
         if not param.requires_grad:
             continue
-        if name in skip or param.ndim <= 1 or name.startswith("contrastive_loss."):
-            no_decay.append(param)
+        if name.startswith(MODEL_PREFIX):
+            key = (part_of(name[len(MODEL_PREFIX):], matcher), name not in skip and param.ndim > 1)
         else:
-            decay.append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            key = ("loss", False)
+        groups.setdefault(key, []).append(param)
+    return [{"params": params, "weight_decay": weight_decay if decay else 0.0,
+             "lr_scale": scales.get(part, 1.0), "name": part if decay else f"{part}/no_decay"}
+            for (part, decay), params in sorted(groups.items())]
 
 
 def model_state_from_module(state: dict) -> dict:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from typing import Any
 
 # LoaderConfig fields a run sets itself (data.batch_size, data.num_workers, data.normalization, seed, mode).
@@ -20,19 +21,30 @@ def loader_option_names() -> list[str]:
     return [f.name for f in dataclasses.fields(LoaderConfig) if f.name not in ENGINE_SET]
 
 
-def check_loader_options(options: dict[str, Any], *, batch_size: int, num_workers: int) -> None:
-    """Unknown keys and values the loader would refuse, named as data.options.KEY."""
+def check_loader_options(options: dict[str, Any], *, batch_size: int, num_workers: int) -> dict[str, Any]:
+    """`data.options` typed as LoaderConfig fields (YAML values coerced to the field's type, e.g.
+    an int where a float is expected); keys the run sets, unknown keys, wrong types and values the
+    loader would refuse are errors naming data.options.KEY."""
     from shards.config import LoaderConfig
 
+    from .yaml_config import coerce
+
+    reserved = sorted(set(ENGINE_SET) & set(options))
+    if reserved:
+        raise ValueError(f"data.options may not set {reserved}: the engine sets them "
+                         "(use data.batch_size, data.num_workers, data.normalization, seed)")
     valid = loader_option_names()
-    unknown = sorted(set(options) - set(valid) - set(ENGINE_SET))
+    unknown = sorted(set(options) - set(valid))
     if unknown:
         raise ValueError(f"unknown config key(s) {['data.options.' + k for k in unknown]}; valid in "
                          f"data.options: {', '.join(valid)}")
+    hints = typing.get_type_hints(LoaderConfig)
+    typed = {k: coerce(v, hints[k], f"data.options.{k}") for k, v in options.items()}
     try:
-        LoaderConfig(batch_size=batch_size, num_workers=num_workers, **options)
+        LoaderConfig(batch_size=batch_size, num_workers=num_workers, **typed)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"data.options: {exc}") from None
+    return typed
 
 
 def check_run_start(cfg, command: str) -> None:

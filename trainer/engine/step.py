@@ -30,6 +30,7 @@ from shards.transforms import model_input
 from trainer.masking import MultiRatioMasker, TokenMasks, random_masks
 
 from .config import ObjectiveConfig
+from .deepspeed_config import engine_dtype
 from .phased_adam import phased_optimizer
 
 METRIC_KEYS = ("loss", "loss_contrastive", "contrastive_acc", "loss_reconstruction",
@@ -105,7 +106,7 @@ class PretrainStep:
         self.engine = engine
         self.cfg = cfg
         self.device = engine.device
-        self.dtype = _engine_dtype(engine)
+        self.dtype = engine_dtype(engine)
         self.phases = phased_optimizer(engine) if cfg.schedule == "official" else None
 
     # ------------------------------------------------------------------ public
@@ -210,14 +211,6 @@ class PretrainStep:
 
     def _dev(self, x: torch.Tensor) -> torch.Tensor:
         return model_input(x, self.device, self.dtype)
-
-
-def _engine_dtype(engine) -> torch.dtype:
-    if engine.bfloat16_enabled():
-        return torch.bfloat16
-    if engine.fp16_enabled():
-        return torch.float16
-    return torch.float32
 
 
 def _rng_state(device: torch.device):

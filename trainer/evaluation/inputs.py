@@ -1,4 +1,4 @@
-"""What every evaluation reads: a model (see `model_source`) and an eval-mode loader of shards."""
+"""What every evaluation reads: a model (see `trainer.model.source`) and an eval-mode loader of shards."""
 from __future__ import annotations
 
 import logging
@@ -16,7 +16,7 @@ class EvalInputs:
     """The model and shards of one evaluation, and how to stream them."""
 
     model: str
-    """Model source (see `model_source`)."""
+    """Model source (see `trainer.model.source`)."""
     shards: str
     """Shard URLs: a folder written by `avsiam shard`, a brace pattern, or `::`-joined patterns."""
     batch_size: int = 16

@@ -13,7 +13,7 @@ import numpy as np
 from .embeddings import EmbeddingTable
 from .inputs import EvalInputs, eval_loader, progress_batches
 from .metrics import classification_metrics
-from .model_source import load_model
+from trainer.model.source import load_model
 from .predict import CLASSIFY_MODES, Embeddings, embed, predict
 from .report import Table
 from .retrieval import retrieval_metrics, select_per_class

@@ -8,13 +8,12 @@ multipliers, the epoch schedule of the paper's recipes, and weight averaging. Pr
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.engine.config import (PRESET_DIR, CheckpointConfig, DataConfig, DeepSpeedConfig,
-                                   OptimConfig, load_yaml_config)
+from trainer.engine.config import PRESET_DIR, CheckpointConfig, RunConfig
+from trainer.engine.yaml_config import load_yaml_config
 
 from .heads import DEFAULT_MIX, check_mix
 
@@ -69,15 +68,10 @@ class EpochSchedule:
 
 
 @dataclass(kw_only=True)
-class FinetuneConfig:
-    """A whole fine-tuning run."""
+class FinetuneConfig(RunConfig):
+    """A whole fine-tuning run: the run fields plus the starting weights, heads and epochs."""
 
     out_dir: str = "runs/finetune"  # metrics.jsonl, TensorBoard, checkpoints, epochs/, model.safetensors
-    seed: int = 0
-    device: str = "auto"            # auto | cuda | cpu
-    log_every: int = 10
-    progress: bool = True
-    stop_at_step: int | None = None  # behave as if a stop signal arrived after this step
     num_classes: int = 527          # the label vocabulary of the shards (AudioSet 527, VGGSound 309)
     loss: str = "bce"               # bce (multi-label AudioSet) | ce (single-label VGGSound)
     average_last: int = 1           # model.safetensors = mean of the last K epoch weights (1 = last)
@@ -87,21 +81,17 @@ class FinetuneConfig:
     without one they define the model (size, audio_frames, image_size, pretrained, ...)."""
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     schedule: EpochSchedule = field(default_factory=EpochSchedule)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
     checkpoint: CheckpointConfig = field(default_factory=lambda: CheckpointConfig(every_steps=0, keep=2))
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if self.num_classes < 1 or self.average_last < 1 or self.log_every < 1:
-            raise ValueError("num_classes, average_last and log_every must be >= 1")
+        if self.num_classes < 1 or self.average_last < 1:
+            raise ValueError("num_classes and average_last must be >= 1")
         if self.average_last > self.schedule.epochs:
             raise ValueError(f"average_last={self.average_last} exceeds schedule.epochs="
                              f"{self.schedule.epochs}")
-        if self.device not in ("auto", "cuda", "cpu"):
-            raise ValueError(f"device must be auto, cuda or cpu, got {self.device!r}")
         for key in ("num_classes",):
             if key in self.model:
                 raise ValueError(f"set {key} at the top level, not in model.{key}")
@@ -110,15 +100,8 @@ class FinetuneConfig:
             self.optim.gamma = self.schedule.decay_factor
 
     @property
-    def checkpoint_dir(self) -> Path:
-        return Path(self.checkpoint.dir) if self.checkpoint.dir else Path(self.out_dir) / "checkpoints"
-
-    @property
     def epochs_dir(self) -> Path:
         return Path(self.out_dir) / "epochs"
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def preset_names() -> list[str]:

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from shards.transforms import model_input
+from trainer.engine.deepspeed_config import engine_dtype
 
-from .heads import MODES, HeadSchedule
+from .heads import HeadSchedule
 
 
 def classification_loss(logits: torch.Tensor, targets: torch.Tensor, kind: str) -> torch.Tensor:
@@ -38,25 +39,32 @@ class FinetuneStep:
     def __init__(self, engine, heads: HeadSchedule, loss: str, lr_scales: list[float]) -> None:
         self.engine, self.heads, self.loss = engine, heads, loss
         self.device = engine.device
-        self.dtype = (torch.bfloat16 if engine.bfloat16_enabled() else
-                      torch.float16 if engine.fp16_enabled() else torch.float32)
+        self.dtype = engine_dtype(engine)
         groups = engine.optimizer.param_groups
         if len(groups) != len(lr_scales):
             raise RuntimeError(f"the optimizer has {len(groups)} parameter groups, {len(lr_scales)} "
                                f"lr scales were built; this is a bug in trainer.finetune")
         self.lr_scales = lr_scales
 
-    def run(self, batch: dict, step: int, lr: float) -> dict[str, float]:
+    def run(self, micro: list[dict], step: int, lr: float) -> dict[str, float]:
+        """The micro-batches' backward passes (one gradient reduction), then the optimizer step;
+        every micro-batch of a step trains the same head."""
         mode = self.heads(step)
-        audio = model_input(batch["audio"], self.device, self.dtype)
-        visual = model_input(batch["visual"], self.device, self.dtype)
-        targets = batch["labels"].to(self.device, non_blocking=True)
-        logits = self.engine("classify", **HeadSchedule.inputs(mode, audio, visual))
-        loss = classification_loss(logits, targets, self.loss)
-        self.engine.backward(loss)
+        loss_sum, hit_sum = 0.0, 0.0
+        with self.engine.coalesce_grad_reduction():
+            for batch in micro:
+                audio = model_input(batch["audio"], self.device, self.dtype)
+                visual = model_input(batch["visual"], self.device, self.dtype)
+                targets = batch["labels"].to(self.device, non_blocking=True)
+                logits = self.engine("classify", **HeadSchedule.inputs(mode, audio, visual))
+                loss = classification_loss(logits, targets, self.loss)
+                self.engine.backward(loss / len(micro))
+                with torch.no_grad():
+                    hit = targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1) > 0
+                loss_sum += float(loss.detach())
+                hit_sum += float(hit.float().mean())
         for group, scale in zip(self.engine.optimizer.param_groups, self.lr_scales):
             group["lr"] = lr * scale
         self.engine.step()
-        with torch.no_grad():
-            hit = targets.gather(1, logits.argmax(dim=1, keepdim=True)).squeeze(1) > 0
-        return {"mode": MODES.index(mode), "loss": float(loss.detach()), "acc": float(hit.float().mean())}
+        loss = loss_sum / len(micro)
+        return {"loss": loss, "acc": hit_sum / len(micro), f"loss/{mode}": loss}

@@ -38,6 +38,7 @@ from .config import AVSiamConfig
 from .decoder import MAEDecoder
 from .embed import PatchPosEmbed, fbank_as_image, patchify
 from .heads import ClassifierHead
+from .parts import group_matcher
 from .init import create_timm_trunk, drop_path_rates, init_audio_embed, init_visual_embed
 from .packing import PackPlan, gather_tokens, run_blocks, split_by_count, uniform_count, visible_indices
 
@@ -202,6 +203,10 @@ class AVSiam(nn.Module):
         return {"embed_a.pos_embed", "embed_v.pos_embed", "decoder.pos_embed_a", "decoder.pos_embed_v",
                 "decoder.mask_token", "decoder.modality_a", "decoder.modality_v"}
 
+    def group_matcher(self, coarse: bool = False) -> dict[str, str]:
+        """Model part -> regex of its parameter names (timm's convention; see `parts.py`)."""
+        return group_matcher(self.config.share_backbone, coarse)
+
     def reset_classifier(self, num_classes: int) -> None:
         for head in (self.head_a, self.head_v, self.head_av):
             head.reset(num_classes)
@@ -217,6 +222,11 @@ class AVSiam(nn.Module):
         save_state_dict_file(state, path, metadata_entries(self.config, self.facts))
 
     @classmethod
+    def from_config(cls, cfg: AVSiamConfig) -> "AVSiam":
+        """The model `cfg` describes (fresh weights, or the timm weights `cfg.pretrained` names)."""
+        return cls(**dataclasses.asdict(cfg))
+
+    @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> "AVSiam":
         """A model saved by `save` (or `avsiam convert`/`export`); overrides change config fields
         (shape-free ones such as drop_path_rate; a different num_classes gives fresh heads)."""
@@ -225,13 +235,11 @@ class AVSiam(nn.Module):
             raise ValueError(f"{path}: no {CONFIG_METADATA_KEY!r} metadata; not written by avsiam "
                              "(official checkpoints load with AVSiam.from_official)")
         num_classes = overrides.pop("num_classes", None)
-        cfg = AVSiamConfig.from_json(metadata[CONFIG_METADATA_KEY], **overrides)
-        fields = {k: getattr(cfg, k) for k in cfg.__dataclass_fields__ if k not in ("size", "num_classes")}
-        model = cls(cfg.size, cfg.num_classes, **fields)
+        model = cls.from_config(AVSiamConfig.from_json(metadata[CONFIG_METADATA_KEY], **overrides))
         model.load_state_dict(state)
         from .file_metadata import facts_from_metadata
         model.facts = facts_from_metadata(metadata)
-        if num_classes is not None and num_classes != cfg.num_classes:  # fresh heads for another label set
+        if num_classes is not None and num_classes != model.config.num_classes:  # fresh heads for another label set
             model.reset_classifier(num_classes)
         return model
 

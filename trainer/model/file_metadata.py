@@ -5,7 +5,8 @@ these metadata entries, each a JSON text that parses to a plain value (objects, 
 inside JSON):
 
     avsiam_config   {"size": "base", "audio_frames": 1024, ...}      the model config
-    normalization   {"mean": -5.081, "std": 4.4849}                   fbank normalisation in training
+    normalization   {"mean": -5.081, "std": 4.4849, "source": "paper"}  fbank normalisation in training
+                    (source: paper constants | dataset statistics | given values, data.normalization)
     labels          {"ids": ["/m/09x0r", ...], "names": ["Speech", ...]}  the training label vocabulary
     audio_frames    1024                                               fbank frames the model takes
     frame_size      224                                                frame side the model takes
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 NORMALIZATION_KEY = "normalization"
+NORMALIZATION_SOURCES = ("paper", "dataset", "given")
 LABELS_KEY = "labels"
 
 
@@ -29,7 +31,7 @@ LABELS_KEY = "labels"
 class ModelFacts:
     """The training facts a model file records (None: unknown)."""
 
-    normalization: dict | None = None   # {"mean": float, "std": float}
+    normalization: dict | None = None   # {"mean": float, "std": float, "source": str (may be absent)}
     labels: dict | None = None          # {"ids": [str], "names": [str]}
 
     def to_dict(self) -> dict:
@@ -84,12 +86,15 @@ def loader_facts(loader) -> ModelFacts:
     vocabulary of its shards' dataset.json (when every dataset has the same one)."""
     from shards.dataset_facts import read_dataset_json
 
+    from shards.loader import normalization_source
+
     spec = loader.spec
     norms = set(spec.norm)
     normalization = None
     if len(norms) == 1:
         mean, std = next(iter(norms))
-        normalization = {"mean": float(mean), "std": float(std)}
+        normalization = {"mean": float(mean), "std": float(std),
+                         "source": normalization_source(mean, std, spec.datasets[0].facts)}
     vocabularies = []
     for ds in spec.datasets:
         try:
@@ -108,7 +113,10 @@ def _normalization(value: Any) -> dict | None:
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                for v in (mean, std)) or std <= 0:
         return None
-    return {"mean": float(mean), "std": float(std)}
+    out = {"mean": float(mean), "std": float(std)}
+    if value.get("source") in NORMALIZATION_SOURCES:
+        out["source"] = value["source"]
+    return out
 
 
 def _labels(value: Any) -> dict | None:

@@ -5,34 +5,25 @@ on a model built on the meta device, so even `huge` costs no memory or compute.
 """
 from __future__ import annotations
 
-import re
-
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from trainer.masking import keep_count
 
 from .avsiam import AVSiam
+from .config import AVSiamConfig
+from .parts import part_of
 
 DEFAULT_RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
-def _part(name: str, shared_backbone: bool) -> str:
-    if name.startswith(("embed_a.", "norm_a.")) or re.match(r"blocks\.\d+\.(norm\d_a|attn_a|mlp_a)\.", name):
-        return "audio"
-    if name.startswith(("embed_v.", "norm_v.")) or re.match(r"blocks\.\d+\.norm\d_v\.", name):
-        return "visual"
-    if re.match(r"blocks\.\d+\.(attn|mlp)\.", name):
-        return "shared" if shared_backbone else "visual"
-    return name.split(".")[0].removeprefix("head_") if name.startswith("head_") else name.split(".")[0]
-
-
 def parameter_groups(model: AVSiam) -> dict[str, int]:
     """Parameter counts: shared (attention + MLP), audio, visual, fusion, decoder, heads, total."""
+    matcher = model.group_matcher()
     groups = {"shared": 0, "audio": 0, "visual": 0, "fusion": 0, "decoder": 0, "heads": 0}
     for name, param in model.named_parameters():
-        part = _part(name, model.config.share_backbone)
-        groups["heads" if part in ("a", "v", "av") else part] += param.numel()
+        part = part_of(name, matcher)
+        groups["heads" if part == "head" else part] += param.numel()
     groups["total"] = sum(groups.values())
     return groups
 
@@ -84,7 +75,7 @@ def forward_gflops(model: AVSiam, ratios: tuple[float, ...] = DEFAULT_RATIOS, re
     return {k: v / 1e9 for k, v in flops.items()}
 
 
-def meta_model(size: str, **overrides) -> AVSiam:
+def meta_model(size: str = "base", **overrides) -> AVSiam:
     """The model on the meta device: shapes and counts only, no memory."""
     with torch.device("meta"):
-        return AVSiam(size, **overrides)
+        return AVSiam.from_config(AVSiamConfig(size=size, **overrides))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from timm.models._manipulate import checkpoint
+from torch.utils.checkpoint import checkpoint
 
 
 def visible_indices(mask: torch.Tensor, count: int) -> torch.Tensor:
@@ -34,7 +34,7 @@ def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, *args, checkpointing: boo
     """Apply `blocks` in order; with `checkpointing`, recompute each in backward (non-reentrant)."""
     use_ckpt = checkpointing and torch.is_grad_enabled()
     for block in blocks:
-        x = checkpoint(block, x, *args) if use_ckpt else block(x, *args)
+        x = checkpoint(block, x, *args, use_reentrant=False) if use_ckpt else block(x, *args)
     return x
 
 
