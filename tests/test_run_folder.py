@@ -82,7 +82,12 @@ def test_rerun_refused_overwrite_starts_afresh_and_the_folder_explains_itself(sh
     assert len(json.loads((run / "run.json").read_text())["starts"]) == 1
 
     # --resume auto continues it: one more start in run.json, the resume line in train.log
-    proc = _ok("pretrain", *BASE, f"data.train={shards}", "max_steps=4", "--out", run, "--resume", "auto")
+    proc = _ok("pretrain", *BASE, f"data.train={shards}", "max_steps=4", "--out", run, "--resume", "auto",
+               "progress=true")
+    # off a terminal: a plain line per record, no bar; no library chatter
+    assert "pretrain step 3/4 (75%): loss " in proc.stderr and "\r" not in proc.stderr
+    assert "pretrain step 3/4 (75%): loss " in (run / "train.log").read_text()
+    assert "built successfully" not in proc.stdout and "No CUDA runtime" not in proc.stderr
     line = f"pretrain: resumed from step 2 ({run / 'checkpoints' / 'step_00000002'})"
     assert line in proc.stderr and line in (run / "train.log").read_text()
     starts = json.loads((run / "run.json").read_text())["starts"]
@@ -145,3 +150,22 @@ def test_no_intact_checkpoint_is_one_error(tmp_path):
     (_saved(tmp_path, 4) / "mp_rank_00_model_states.pt").write_bytes(b"")
     with pytest.raises(ValueError, match=r"no intact checkpoint .*--resume none --overwrite"):
         find_resume_point("auto", tmp_path)
+
+
+def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
+    import io
+
+    from trainer.engine.progress import Progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    plain, tty = io.StringIO(), Terminal()
+    for stream in (plain, tty):
+        progress = Progress(10, initial=4, desc="pretrain", stream=stream)
+        progress.update(1)
+        progress.report(loss="1.234")
+        progress.close()
+    assert plain.getvalue() == "pretrain step 5/10 (50%): loss 1.234\n"
+    assert "\r" in tty.getvalue() and "step/s" in tty.getvalue()

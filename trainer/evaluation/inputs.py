@@ -79,10 +79,10 @@ def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool
 
 
 def progress_batches(loader, desc: str):
-    """The loader's batches with a tqdm bar (batches) on stderr."""
+    """The loader's batches with a tqdm bar (batches) on stderr when it is a terminal."""
     import sys
 
     from tqdm import tqdm
 
     return tqdm(loader, total=len(loader), desc=desc, unit="batch", file=sys.stderr,
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=not sys.stderr.isatty())
