@@ -71,6 +71,7 @@ def test_metadata_round_trip_as_plain_json(tmp_path):
     assert AVSiam.load(tmp_path / "m.safetensors", num_classes=5).facts.labels is None
 
 
+@pytest.mark.e2e
 def test_pretrain_checkpoint_and_export_record_the_training_facts(shards, tmp_path):
     run = tmp_path / "run"
     _cli("pretrain", "--config", "tiny_cpu", f"data.train={shards}", f"out_dir={run}", "max_steps=2",

@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from shards.loader import make_loader
 
@@ -164,8 +165,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunSummary:
-        from tqdm import tqdm
-
         cfg, kind = self.cfg, self.kind
         kind.on_start(self)
         metrics = open_metrics(cfg.out_dir, self.ctx.is_main,
