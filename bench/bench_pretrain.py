@@ -8,6 +8,8 @@ run. Studies:
            doubling search from --batch until out of memory; CPU: --batch)
   backbone shared vs separate backbones (share_backbone=False), baseline shared
   packing  multi-ratio groups as sub-batches vs packed into one pass, baseline sub-batches
+  schedule objective.schedule: sum (one step, baseline) vs official (two steps, two Adam states)
+           vs alternate (two steps, one Adam state)
   memory   peak memory vs contrastive batch at a fixed gradient-caching chunk, against no chunking
 
     python bench/bench_pretrain.py                          # CPU: tiny, all studies
@@ -177,7 +179,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--studies", default="sizes,backbone,packing,memory")
+    parser.add_argument("--studies", default="sizes,backbone,packing,schedule,memory")
     parser.add_argument("--memory-batches", default="32,64,128,256")
     parser.add_argument("--chunk", type=int, default=32, help="gradient-caching chunk of the memory study")
     parser.add_argument("--peak-tflops", type=float, default=None)
@@ -215,7 +217,9 @@ def main() -> None:
             results[f"size/{size}"] = {"batch": batch, **result}
             print(_row(size, result, None, batch), flush=True)
     for study, variants in (("backbone", [("shared", []), ("separate", ["model.share_backbone=false"])]),
-                            ("packing", [("sub-batches", []), ("packed", ["objective.packed=true"])])):
+                            ("packing", [("sub-batches", []), ("packed", ["objective.packed=true"])]),
+                            ("schedule", [("sum", []), ("official", ["objective.schedule=official"]),
+                                          ("alternate", ["objective.schedule=alternate"])])):
         if study not in studies:
             continue
         print(f"\n## {study}: baseline {variants[0][0]}\n\n" + HEADER)

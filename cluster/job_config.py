@@ -34,9 +34,15 @@ def check_job_config(kind: str, job_args: list[str] | tuple[str, ...]):
         raise ValueError(f"the job's arguments (after --): {exc}") from None
     load = _config_loader(kind)
     try:
-        return load(args.config, overrides_with_flags(args))
+        cfg = load(args.config, overrides_with_flags(args))
     except (ValueError, FileNotFoundError) as exc:
         raise ValueError(f"the job's config: {exc}") from None
+    if kind == "pretrain":
+        from trainer.engine.paper_recipe import missing_weights_message
+        refusal = missing_weights_message(cfg)      # a paper size without weights: refused before the queue
+        if refusal:
+            raise ValueError(f"the job's config: {refusal}")
+    return cfg
 
 
 def _config_loader(kind: str):

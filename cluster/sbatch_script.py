@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from trainer.engine.distributed import slurm_port_shell
+
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 JobKind = Literal["shard", "pretrain", "finetune"]
 KINDS: tuple[JobKind, ...] = ("shard", "pretrain", "finetune")
@@ -162,6 +164,7 @@ def render(job: JobScript) -> str:
         "job_args": shlex.join(job.job_args),
         "num_tasks": str(job.num_tasks),
         "requeue_on_signal": requeue,
+        "rdzv_port": slurm_port_shell(),      # the port every rank derives (one formula, in Python)
         "command": job.kind,
         "run_dir": shlex.quote(job.run_dir or ""),
         "expect_gpus": str(job.expect_gpus),

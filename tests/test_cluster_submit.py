@@ -28,7 +28,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
                           "64", "--time", "2-00:00:00", "--partition", "gpu", "--account", "proj42",
                           "--job-name", "vitl", "--sbatch-arg=--mem=0", "--sbatch-arg=--exclusive",
                           "--python", "/opt/env/bin/python", "--project-dir", "/srv/avsiam",
-                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run")
+                          "--dry-run", "--", "--config", "avsiam_large", "out_dir=runs/large run",
+                          "model.pretrained=vit_large.safetensors")
     assert proc.returncode == 0, proc.stderr
     script = proc.stdout
     assert script.startswith("#!/bin/bash\n")
@@ -38,7 +39,7 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
         "--output=%x-%j.out", "--open-mode=append", "--requeue", "--signal=B:USR1@90", "--mem=0",
         "--exclusive"]
     assert "srun --kill-on-bad-exit=1 --ntasks-per-node=1" in script
-    assert "/opt/env/bin/python -m torch.distributed.run" in script
+    assert "/opt/env/bin/python -m cluster.launch" in script
     assert "--rdzv-backend=c10d" in script and '--rdzv-id="$SLURM_JOB_ID"' in script
     assert "rdzv_port=$((20000 + SLURM_JOB_ID % 20000))" in script
     assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script and "NodeAddr=" in script
@@ -55,7 +56,8 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
     assert "export PYTHONPATH=/srv/avsiam${PYTHONPATH:+:$PYTHONPATH}" in script
     # job arguments are shell-quoted, after the command
     assert script.rstrip().endswith(
-        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run'")
+        "-m cluster.cli pretrain --resume auto --config avsiam_large 'out_dir=runs/large run' "
+        "model.pretrained=vit_large.safetensors")
     assert 'scontrol requeue "$SLURM_JOB_ID"' in script
     assert "trap 'on_stop_signal USR1' USR1" in script and "trap 'on_stop_signal TERM' TERM" in script
 
@@ -98,6 +100,19 @@ def test_rendering_is_deterministic_and_fills_every_placeholder():
     assert "{{" not in first and "}}" not in first
     with pytest.raises(KeyError, match="step_signal"):
         render_template("requeue_on_signal.sh", {})
+
+
+def test_the_rendezvous_port_is_the_trainers_formula_rendered_once():
+    """The batch script's port is `slurm_port` rendered from Python, not a second copy of it."""
+    from trainer.engine.distributed import slurm_port, slurm_port_shell
+
+    assert "20000" not in (TEMPLATES / "train.sbatch").read_text()
+    line = next(x for x in render(_job()).splitlines() if x.startswith("rdzv_port="))
+    assert line.split("=", 1)[1].split("#")[0].strip() == slurm_port_shell()
+    for job_id in (7, 123456):
+        out = subprocess.run(["bash", "-c", f"{line}\necho $rdzv_port"], capture_output=True, text=True,
+                             env={"SLURM_JOB_ID": str(job_id)}, check=True).stdout
+        assert int(out) == slurm_port(job_id)
 
 
 def test_templates_hold_no_site_values():

@@ -8,6 +8,8 @@ import pytest
 
 from cluster import demo as demo_stages
 
+pytestmark = pytest.mark.e2e
+
 MIN_A2V_CLASS_R1 = 0.8
 MIN_AV_MAP = 0.9
 

@@ -8,7 +8,7 @@ import torch
 from engine_launch import run
 from engine_gradcache_worker import OVERRIDES
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 def _max_rel(a: dict, b: dict) -> float:

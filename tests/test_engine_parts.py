@@ -91,6 +91,8 @@ def test_deepspeed_config_is_derived():
     # the official schedule's two Adam states: PhasedAdam is the client optimizer, not DeepSpeed's Adam
     official = derive_deepspeed_config(load_config("avsiam_base"), world_size=16, device_type="cuda")
     assert "optimizer" not in official and official["zero_allow_untested_optimizer"] is True
+    from trainer.finetune.config import load_finetune_config       # fine-tuning: no objective section
+    assert derive_deepspeed_config(load_finetune_config("as2m"), 8, "cuda")["optimizer"]["type"] == "Adam"
 
 
 # --- learning-rate schedule ---------------------------------------------------------------------

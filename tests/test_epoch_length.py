@@ -38,6 +38,7 @@ def test_gradient_accumulation_counts_optimizer_steps_and_step_counts_stay_possi
 
 
 @pytest.mark.multiproc
+@pytest.mark.e2e
 def test_a_run_in_epochs_takes_its_length_from_the_shards(shards, tmp_path):  # noqa: F811
     # 24 clips / (batch 4 x 1 rank) = 6 steps per epoch; 2 epochs; lr halved after epoch 1
     records = pretrain(shards, tmp_path, "max_steps=null", "max_epochs=2", "optim.schedule=multistep",

@@ -15,6 +15,8 @@ from cluster.cli import main as avsiam
 from shards.format import brace_pattern
 from trainer.evaluation.embeddings import read_embeddings
 
+pytestmark = pytest.mark.e2e
+
 CLASSES = 3
 FRAMES = 4
 

@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from cluster.cli import main as avsiam
 from shards.format import brace_pattern
 
+pytestmark = pytest.mark.e2e
+
 CLASSES = 3
 LR = 3e-4           # finetune_tiny_cpu.yaml
 HEAD_MULT = 10.0    # finetune_tiny_cpu.yaml heads.head_lr_mult / fusion_lr_mult

@@ -20,9 +20,9 @@ from pipeline.bounded_process import STDOUT, OutputLimitExceeded, run_bounded
 from pipeline.clip import FAULT_CHILD, FAULT_EXIT_ENV, ClipContext, ClipTask, process_clip
 from pipeline.params import ClipParams, MediaLimits
 from shards import format as fmt
-from tests.test_pipeline_fixtures import ffmpeg, make_clip, run_cli
+from fixtures import ffmpeg, make_clip, run_cli
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

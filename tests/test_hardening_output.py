@@ -18,9 +18,9 @@ from PIL import Image
 
 from cluster.cli import main as cli
 from shards import format as fmt
-from tests.test_pipeline_fixtures import make_clip
+from fixtures import make_clip
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline_fixtures import REPO, make_clip
+from fixtures import REPO, make_clip
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 def _children() -> dict[int, list[int]]:

@@ -57,6 +57,7 @@ def test_a_two_state_run_refuses_a_universal_resume():
 
 
 @pytest.mark.multiproc
+@pytest.mark.e2e
 def test_official_schedule_saves_both_adam_states_and_resumes_them_exactly(shards, tmp_path):  # noqa: F811
     extra = ("objective.schedule=official", "deepspeed.zero_stage=2")
     full = tmp_path / "full"

@@ -32,6 +32,14 @@ def test_paper_presets_refuse_to_pretrain_without_weights(preset, tmp_path, caps
     assert not out.exists()                        # refused before the run started
 
 
+def test_a_submitted_paper_size_pretraining_without_weights_is_refused_before_the_queue():
+    from cluster.job_config import check_job_config
+
+    with pytest.raises(ValueError, match="model.pretrained=none"):
+        check_job_config("pretrain", ["--config", "avsiam_huge", "data.train=/data/shards"])
+    assert check_job_config("pretrain", ["--config", "avsiam_huge", "model.pretrained=none"]).model.size == "huge"
+
+
 def test_weights_or_a_deliberate_none_let_a_paper_size_start_and_tiny_needs_neither(tmp_path):
     assert missing_weights_message(load_config("avsiam_base", ["model.pretrained=none"])) is None
     assert missing_weights_message(load_config("avsiam_base", [f"model.pretrained={tmp_path}/vit.pth"])) is None
@@ -59,3 +67,22 @@ def test_paper_presets_pretrain_with_the_official_augmentation_masking_and_norma
     assert LoaderConfig(mode="pretrain", batch_size=2).resolved(   # the mode alone leaves them off
         fbank_mean=-5.081, fbank_std=4.4849, image_size=224, num_frames=10).noise is False
     assert cfg.data.normalization == "paper" and cfg.objective.audio_mask == "official"
+
+
+def test_a_jx_style_in21k_file_with_pre_logits_and_21k_head_loads(tmp_path):
+    """The official Base code's jx_..._in21k .pth layout (representation layer, 21,843-class head):
+    both are dropped, the trunk weights land in the model."""
+    import timm
+    import torch
+
+    from trainer.model import AVSiam
+
+    torch.manual_seed(0)
+    source = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=21843).state_dict()
+    source["pre_logits.fc.weight"] = torch.randn(192, 192)
+    source["pre_logits.fc.bias"] = torch.zeros(192)
+    path = tmp_path / "jx_vit_tiny_patch16_224_in21k.pth"
+    torch.save(source, path)
+    model = AVSiam(size="tiny", pretrained=str(path), image_size=32, audio_frames=32)
+    qkv = [v for k, v in model.state_dict().items() if k.endswith("qkv.weight")][0]
+    assert torch.equal(qkv, source["blocks.0.attn.qkv.weight"])

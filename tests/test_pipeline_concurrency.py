@@ -18,9 +18,9 @@ from cluster.cli import main as cli
 from pipeline.locks import FileLock
 from pipeline.output_files import OutputError
 from shards import format as fmt
-from tests.test_pipeline_fixtures import REPO, shard_args, synth_segments
+from fixtures import REPO, shard_args, synth_segments
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 NUM_SHARDS = 7
 
 

@@ -16,7 +16,7 @@ from pipeline import frame_select, frames as frames_mod, media
 from pipeline.clip import ClipContext, ClipTask, process_clip
 from pipeline.params import ClipParams, MediaLimits
 from shards import format as fmt
-from tests.test_pipeline_fixtures import ffmpeg
+from fixtures import ffmpeg
 
 FPS = 25
 RAMP = "nullsrc=s=64x48:r=25,geq=lum='16+4*N':cb=128:cr=128"   # frame n has luma 16 + 4n
@@ -33,6 +33,9 @@ def clips(tmp_path_factory):
     # no pyramid: runs of 3 non-reference B-frames, the middle one 2 frames from any reference
     ffmpeg("-f", "lavfi", "-t", "2", "-i", RAMP, *audio, *x264, "-b-pyramid", "none",
            str(d / "flat.mp4"))
+    # HEVC (x265 defaults: 4 B-frames, B-pyramid)
+    ffmpeg("-f", "lavfi", "-t", "2", "-i", RAMP, *audio, "-c:v", "libx265", "-x265-params",
+           "log-level=error", "-pix_fmt", "yuv420p", "-c:a", "aac", str(d / "hevc.mp4"))
     # variable rate: 25 frames at 25 fps, then 10 fps
     ffmpeg("-f", "lavfi", "-t", "2", "-i", RAMP, *audio, *x264, "-vf",
            "setpts='if(lt(N,25),N/25,1+(N-25)/10)/TB'", "-fps_mode", "vfr", str(d / "vfr.mp4"))
@@ -70,11 +73,11 @@ def _run(folder, name, num_frames=10, start=None, end=None, **params):
 
 
 def test_fixtures_have_non_reference_b_frames(clips):
-    for name in ("pyramid.mp4", "flat.mp4"):
+    for name in ("pyramid.mp4", "flat.mp4", "hevc.mp4"):
         assert _pict_types(clips / name).count("BBB") >= 10, name
 
 
-@pytest.mark.parametrize("name", ["pyramid.mp4", "flat.mp4"])
+@pytest.mark.parametrize("name", ["pyramid.mp4", "flat.mp4", "hevc.mp4"])
 def test_stored_frames_within_one_period_of_the_cav_mae_index(clips, name):
     meta, source = _run(clips, name)
     wanted = frames_mod.frame_indices(50, 10)                    # 0, 5, ..., 45

@@ -20,10 +20,10 @@ from cluster.cli import main as cli
 from pipeline.clip import ClipContext, ClipTask, process_clip
 from pipeline.params import FBANK_ARGS, ClipParams, MediaLimits
 from shards import format as fmt
-from tests.test_pipeline_fixtures import (AUDIOSET_ROWS, VGGSOUND_ROWS, encode_youtube_like,
+from fixtures import (AUDIOSET_ROWS, VGGSOUND_ROWS, encode_youtube_like,
                                           published_dataset)
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 SMALL = ("--frame-size", "32", "--num-frames", "2", "--no-progress")
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from pipeline.clip import ClipContext, ClipTask, process_clip
 from pipeline.params import FBANK_ARGS, ClipParams, MediaLimits
 from shards import format as fmt
-from tests.test_pipeline_fixtures import ffmpeg, make_clip
+from fixtures import ffmpeg, make_clip
 
 SIZE = 32
 

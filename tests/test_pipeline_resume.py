@@ -13,9 +13,9 @@ import pytest
 
 from cluster.cli import main as cli
 from shards import format as fmt
-from tests.test_pipeline_fixtures import REPO, shard_args, snapshot, synth_segments
+from fixtures import REPO, shard_args, snapshot, synth_segments
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 from cluster.cli import main as cli
 from pipeline.stats import Moments, combine_all, sample_moments
 from shards import format as fmt
-from tests.test_pipeline_fixtures import run_cli, shard_args, snapshot, synth_segments
+from fixtures import run_cli, shard_args, snapshot, synth_segments
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import torch
 from engine_launch import finish, kill, run, start
 from trainer.engine.metrics import read_jsonl
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 STEPS = 8
 BASE = ["--config", "tiny_cpu", "model.depth=2", "model.audio_frames=128", "model.image_size=32",

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from trainer.engine.distributed import on_main_rank
 
-pytestmark = pytest.mark.multiproc
+pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
 
 def _port() -> int:

@@ -48,6 +48,7 @@ def _steps(run: Path) -> list[str]:
     return sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step_"))
 
 
+@pytest.mark.e2e
 def test_rerun_refused_overwrite_starts_afresh_and_the_folder_explains_itself(shards, tmp_path):
     run = tmp_path / "pt"
     _ok("pretrain", *BASE, f"data.train={shards}", "max_steps=4", "--out", run)
@@ -95,6 +96,7 @@ def test_rerun_refused_overwrite_starts_afresh_and_the_folder_explains_itself(sh
     assert starts[1]["resumed_from"] == str(run / "checkpoints" / "step_00000002")
 
 
+@pytest.mark.e2e
 def test_retention_keeps_the_running_runs_checkpoints_over_a_later_branch(shards, tmp_path):
     """Resuming a run from an earlier checkpoint: its new checkpoints survive keep=1 retention,
     the later checkpoints of the branch it left are moved aside and never resumed."""
@@ -107,6 +109,7 @@ def test_retention_keeps_the_running_runs_checkpoints_over_a_later_branch(shards
     assert json.loads((run / "checkpoints" / "step_00000004" / COMPLETE).read_text())["step"] == 4
 
 
+@pytest.mark.e2e
 def test_a_truncated_newest_checkpoint_falls_back_to_the_older_one(shards, tmp_path):
     run = tmp_path / "pt"
     _ok("pretrain", *BASE, f"data.train={shards}", "max_steps=4", "--out", run)

@@ -26,6 +26,8 @@ from pipeline.synth.plan import make_plan, clip_rng
 from pipeline.synth.scene import make_scene
 from pipeline.synth.video import render_frames, rgb_to_yuv420p
 
+pytestmark = pytest.mark.e2e
+
 SECONDS, FPS, SIZE = 1.0, 10, (128, 96)
 BASE = dict(clips=9, classes=4, seed=3, seconds=SECONDS, size=SIZE, fps=FPS,
             formats=("mp4", "webm", "mkv"), multi_label_fraction=0.25, test_fraction=0.25)

@@ -62,6 +62,8 @@ def config(kind: str, shards, out, *extra: str):
 
 
 KINDS = {"pretrain": PretrainKind, "finetune": FinetuneKind}
+RUN_FIELDS = {"loss", "lr", "grad_norm", "perf/samples_per_s", "perf/step_s", "perf/data_wait", "mem/peak_gib",
+              "data/skipped"}
 
 
 def run(cfg, kind_class):
@@ -89,12 +91,14 @@ def losses(out) -> dict[int, float]:
 def test_a_signal_stops_with_a_checkpoint_and_the_resumed_run_is_exact(kind, shards, tmp_path):
     whole = run(config(kind, shards, tmp_path / "whole"), KINDS[kind])
     assert whole.stopped == "finished"
+    for record in read_jsonl(tmp_path / "whole" / "metrics.jsonl"):     # the meter's run-wide fields
+        assert RUN_FIELDS <= record.keys(), RUN_FIELDS - record.keys()
     steps = whole.step
     out = tmp_path / "stopped"
-    stopped = run(config(kind, shards, out), signalled_at(KINDS[kind], 2))
-    assert (stopped.stopped, stopped.step) == ("SIGUSR1", 2)
-    assert json.loads((out / "checkpoints" / "step_00000002" / "complete.json").read_text())["step"] == 2
-    assert stopped.checkpoint == str(out / "checkpoints" / "step_00000002")
+    stopped = run(config(kind, shards, out), signalled_at(KINDS[kind], 3))   # mid-epoch (2 steps each)
+    assert (stopped.stopped, stopped.step) == ("SIGUSR1", 3)
+    assert json.loads((out / "checkpoints" / "step_00000003" / "complete.json").read_text())["step"] == 3
+    assert stopped.checkpoint == str(out / "checkpoints" / "step_00000003")
     resumed = run(config(kind, shards, out, "checkpoint.resume=auto"), KINDS[kind])
     assert (resumed.stopped, resumed.step) == ("finished", steps)
     assert list(losses(out)) == list(range(1, steps + 1))          # no duplicate, no gap

@@ -69,7 +69,7 @@ class ObjectiveConfig:
     learnable_temperature: bool = False
     # official: the official loop, a contrastive optimizer step then a reconstruction step on the
     # same batch, each with its own Adam state (engine/phased_adam.py; the paper presets).
-    # sum: one summed loss, one optimizer step per batch (faster: one backward set, one update).
+    # sum: one summed loss, one optimizer step per batch (one gradient reduction, one update).
     # alternate: the two steps of official sharing one Adam state.
     schedule: str = "sum"
     # Gradient caching: embed the rank's batch in chunks of this many samples without activations,

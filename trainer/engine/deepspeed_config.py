@@ -19,6 +19,7 @@ import torch
 
 from .config import RunConfig
 from .module import param_groups
+from .phased_adam import build_phased_adam, check_resume
 
 
 def derive_deepspeed_config(cfg: RunConfig, world_size: int, device_type: str,
@@ -90,9 +91,7 @@ def create_engine(module, cfg: RunConfig, world_size: int, device_type: str, loa
                   lr_scales: dict[str, float] | None = None):
     """Wrap `module` (a PretrainModule or FinetuneModule) in a DeepSpeed engine with the derived
     config and `module.param_groups`; returns (engine, [(group name, lr scale)] in optimizer order)."""
-    import deepspeed
-
-    from .phased_adam import build_phased_adam, check_resume
+    import deepspeed     # here: after init_distributed chose DeepSpeed's accelerator
 
     groups = param_groups(module, cfg.optim.weight_decay, lr_scales)
     plain = [{k: v for k, v in g.items() if k not in ("name", "lr_scale")} for g in groups]

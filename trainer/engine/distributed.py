@@ -89,9 +89,18 @@ def first_host(nodelist: str) -> str:
     return prefix + ranges.split(",")[0].split("-")[0]
 
 
+SLURM_PORT_BASE = 20000
+SLURM_PORT_SPAN = 20000
+
+
 def slurm_port(job_id: int) -> int:
     """A port every task of a job derives alike, spread over 20000-39999 by job id."""
-    return 20000 + job_id % 20000
+    return SLURM_PORT_BASE + job_id % SLURM_PORT_SPAN
+
+
+def slurm_port_shell(job_id_var: str = "SLURM_JOB_ID") -> str:
+    """`slurm_port` as a bash arithmetic expression (rendered into the batch scripts)."""
+    return f"$(({SLURM_PORT_BASE} + {job_id_var} % {SLURM_PORT_SPAN}))"
 
 
 def free_port() -> int:

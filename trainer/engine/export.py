@@ -4,6 +4,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import torch
+
+from trainer.model import AVSiam, AVSiamConfig
+from trainer.model.file_metadata import ModelFacts, config_text
+
 from .checkpoint import find_resume_point, read_marker
 from .module import model_state_from_module
 
@@ -11,16 +16,11 @@ from .module import model_state_from_module
 def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
     """Write `out` (.safetensors, with the model config and the training facts of complete.json as
     metadata: see trainer/model/file_metadata.py); returns (path, step)."""
-    import torch
-
-    from trainer.model import AVSiam, AVSiamConfig
-    from trainer.model.file_metadata import ModelFacts, config_text
-
     point = find_resume_point(str(checkpoint), Path(checkpoint), flag="--checkpoint")
     marker = read_marker(point.path)
     if not marker or "model_config" not in marker:
         raise ValueError(f"{point.path}/complete.json has no model_config; was it written by `avsiam pretrain`?")
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")    # before DeepSpeed picks its accelerator
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from .quiet import library_prints
     with library_prints():          # DeepSpeed's "Processing zero checkpoint ..." lines

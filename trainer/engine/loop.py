@@ -32,6 +32,7 @@ from .deepspeed_config import create_engine
 from .distributed import DistContext, run_on_ranks
 from .metrics import open_metrics
 from .observe import StepMeter
+from .progress import Progress
 from .schedule import lr_at
 from .signals import StopRequest
 
@@ -163,8 +164,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> RunSummary:
-        from .progress import Progress
-
         cfg, kind = self.cfg, self.kind
         kind.on_start(self)
         metrics = open_metrics(cfg.out_dir, self.ctx.is_main,

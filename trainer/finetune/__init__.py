@@ -1,2 +1,2 @@
-"""Fine-tuning for classification on the pretraining engine: config and presets, the head mix,
-parameter groups with lr multipliers, the step, the loop and weight averaging."""
+"""Fine-tuning for classification as a kind of run on the one loop (`trainer.engine.loop`): config
+and presets, the head mix, the step, the epoch callbacks (`run.py`) and weight averaging."""

@@ -1,7 +1,8 @@
 """`FinetuneConfig`: the typed configuration of a fine-tuning run, read from YAML plus overrides.
 
-It reuses the pretraining engine's component configs (data, optim, deepspeed, checkpoint) and YAML
-machinery (`trainer.engine.config.load_yaml_config`: presets plus `key=value` overrides); what
+It is a `RunConfig` (the fields every run has: out_dir, seed, device, data, optim, deepspeed,
+checkpoint, ...) read by the YAML machinery (`trainer.engine.yaml_config`: presets plus `key=value`
+overrides); what
 fine-tuning adds is here: the starting weights, the loss, the per-iteration head mix with its lr
 multipliers, the epoch schedule of the paper's recipes, and weight averaging. Presets: `trainer/configs/finetune_*.yaml`
 (as20k, as2m, vggsound: the official recipes; tiny_cpu: the demo).

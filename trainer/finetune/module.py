@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from trainer.model import AVSiam, AVSiamConfig
 from trainer.model.parts import freeze_parts
+from trainer.model.source import load_model
 
 from .config import FinetuneConfig
 
@@ -34,8 +35,6 @@ def build_finetune_model(cfg: FinetuneConfig) -> AVSiam:
     """The starting model: pretrained weights (any source `load_model` reads) or `cfg.model`, with
     classifier heads for `cfg.num_classes` (fresh when the checkpoint's class count differs)."""
     if cfg.init.checkpoint:
-        from trainer.model.source import load_model
-
         model = load_model(cfg.init.checkpoint, cfg.init.official_size, **cfg.model)
         if model.config.num_classes != cfg.num_classes:
             log.info("fresh classifier heads: %d -> %d classes", model.config.num_classes,

@@ -11,14 +11,18 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from trainer.checkpoint_io import load_state_dict_file
+from trainer.engine.checkpoint import complete_checkpoints, read_marker
+from trainer.engine.export import export_weights
+
+from .avsiam import CONFIG_METADATA_KEY, AVSiam
+
 
 class ModelSourceError(ValueError):
     """A model source that cannot be read; the message says what was expected."""
 
 
 def _checkpoint_root(folder: Path) -> Path | None:
-    from trainer.engine.checkpoint import complete_checkpoints, read_marker
-
     for root in (folder / "checkpoints", folder):
         if complete_checkpoints(root):
             return root
@@ -31,9 +35,6 @@ def load_model(source: str | Path, official_size: str | None = None, **overrides
     """An AVSiam model in eval mode on the CPU (see the module doc for the accepted sources).
 
     `overrides`: config fields that do not change weight shapes (e.g. drop_path_rate)."""
-    from trainer.model import AVSiam
-    from trainer.model.avsiam import CONFIG_METADATA_KEY
-
     path = Path(source)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
@@ -42,16 +43,12 @@ def load_model(source: str | Path, official_size: str | None = None, **overrides
         if root is None:
             raise ModelSourceError(f"{path}: neither a model.safetensors nor a complete checkpoint "
                                    f"(step_*/complete.json) in it or in its checkpoints/ folder")
-        from trainer.engine.export import export_weights
-
         with tempfile.TemporaryDirectory(prefix="avsiam-eval-") as tmp:
             exported, _ = export_weights(root, Path(tmp) / "model.safetensors")
             return AVSiam.load(exported, **overrides).eval()
     if not path.is_file():
         raise ModelSourceError(f"{path}: no such model file or run folder")
     if path.suffix == ".safetensors":
-        from trainer.checkpoint_io import load_state_dict_file
-
         _, metadata = load_state_dict_file(path, with_metadata=True)
         if CONFIG_METADATA_KEY in metadata:
             return AVSiam.load(path, **overrides).eval()

@@ -1,5 +1,5 @@
 """Shared helpers for the sharding-stage tests: small real clips made by ffmpeg, CLI runs, file
-snapshots. (No tests here; imported as `tests.test_pipeline_fixtures`.)"""
+snapshots. (No tests here; imported as `fixtures` by the test modules.)"""
 from __future__ import annotations
 
 import os
