@@ -23,6 +23,7 @@ def test_slurm_conf_puts_every_path_and_port_in_the_cluster_folder(tmp_path):
                              hostname="box", cpus_per_node=2)
     text = render_slurm_conf(cfg)
     assert "SlurmctldPort=41000" in text
+    assert f"FirstJobId={41000 % 190 * 100 + 1}" in text     # clusters side by side: other job ids
     assert "NodeName=node1 NodeHostname=box NodeAddr=127.0.0.1 Port=41001 CPUs=2" in text
     assert "NodeName=node2 NodeHostname=box NodeAddr=127.0.0.1 Port=41002 CPUs=2" in text
     assert f"AuthInfo=socket={tmp_path}/munge/munge.socket,cred_expire=5" in text
