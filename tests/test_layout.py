@@ -58,3 +58,11 @@ def test_commands_live_in_cluster_commands_and_no_library_imports_them():
         assert _violations(package, ("cluster.commands",)) == []
     # commands may import libraries and the shared argument helpers, not the launcher's internals
     assert _violations("cluster/commands", ("cluster.cli", "cluster.submit", "cluster.local")) == []
+
+
+def test_no_private_timm_modules_are_imported():
+    """timm's underscore modules (timm.models._manipulate, ...) change without notice: public API only."""
+    private = [f for package in ("pipeline", "shards", "trainer", "cluster", "bench")
+               for f in _violations(package, ("timm",))
+               if any(part.startswith("_") for part in f.rsplit(" imports ", 1)[1].split("."))]
+    assert private == []
