@@ -23,6 +23,7 @@ def test_slurm_conf_puts_every_path_and_port_in_the_cluster_folder(tmp_path):
                              hostname="box", cpus_per_node=2)
     text = render_slurm_conf(cfg)
     assert "SlurmctldPort=41000" in text
+    assert f"FirstJobId={41000 % 190 * 100 + 1}" in text     # clusters side by side: other job ids
     assert "NodeName=node1 NodeHostname=box NodeAddr=127.0.0.1 Port=41001 CPUs=2" in text
     assert "NodeName=node2 NodeHostname=box NodeAddr=127.0.0.1 Port=41002 CPUs=2" in text
     assert f"AuthInfo=socket={tmp_path}/munge/munge.socket,cred_expire=5" in text
@@ -37,6 +38,27 @@ def test_slurm_conf_puts_every_path_and_port_in_the_cluster_folder(tmp_path):
         LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(1, 2))
     with pytest.raises(ValueError, match="at least 5 s"):
         LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(2,), requeue_delay_s=2)
+
+
+def test_gres_and_preemption_are_configured_and_read_back(tmp_path):
+    """--gres-gpus N: a gpu gres of N device-less GPUs per node; the `urgent` partition preempts
+    (requeues, after GraceTime) jobs of the default one over the same nodes."""
+    from cluster.local.slurm_conf import gpu_device_paths, render_gres_conf
+    cfg = LocalClusterConfig(root=tmp_path, ctld_port=41000, node_ports=(41001, 41002),
+                             hostname="box", cpus_per_node=2, gres_gpus=2, grace_time_s=45)
+    text = render_slurm_conf(cfg)
+    assert "GresTypes=gpu" in text and text.count(" Gres=gpu:2 ") == 2
+    assert "PreemptType=preempt/partition_prio" in text and "PreemptMode=REQUEUE" in text
+    assert ("PartitionName=debug Nodes=node1,node2 Default=YES MaxTime=INFINITE State=UP "
+            "PriorityTier=1 PreemptMode=REQUEUE GraceTime=45") in text
+    assert "PartitionName=urgent Nodes=node1,node2 MaxTime=INFINITE State=UP PriorityTier=2" in text
+    assert render_gres_conf(cfg) == f"Name=gpu File={tmp_path}/dev/gpu[0-1]\n"
+    assert gpu_device_paths(cfg) == [tmp_path / "dev" / "gpu0", tmp_path / "dev" / "gpu1"]
+    (tmp_path / "slurm.conf").write_text(text)
+    back = parse_slurm_conf(tmp_path)
+    assert (back.gres_gpus, back.grace_time_s) == (2, 45)
+    plain = render_slurm_conf(LocalClusterConfig(root=tmp_path, ctld_port=1, node_ports=(2,)))
+    assert "Gres" not in plain
 
 
 def test_unavailable_cluster_is_a_reason_not_a_crash(monkeypatch):
@@ -146,3 +168,20 @@ def test_daemons_die_with_a_killed_owner(tmp_path):
     finally:
         LocalSlurmCluster.attach(root / "c").stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_start_command_passes_gres_gpus_and_grace_time(monkeypatch, tmp_path, capsys):
+    """`python -m cluster.local start --gres-gpus 2 --grace-time 30` builds that cluster."""
+    import cluster.local.__main__ as command
+    made = {}
+
+    class Recorder(LocalSlurmCluster):
+        def start(self):
+            made.update(gres=self.config.gres_gpus, grace=self.config.grace_time_s)
+            return self
+
+    monkeypatch.setattr(command, "LocalSlurmCluster", Recorder)
+    assert command.main(["start", "--dir", str(tmp_path / "c"), "--gres-gpus", "2",
+                         "--grace-time", "30"]) == 0
+    assert made == {"gres": 2, "grace": 30}
+    assert capsys.readouterr().out.startswith("export SLURM_CONF=")

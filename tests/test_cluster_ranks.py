@@ -134,3 +134,23 @@ def test_project_dir_defaults_to_the_checkout_submit_runs_in(tmp_path):
     other.mkdir()
     subprocess.run(["git", "init", "-q", str(other)], check=True, timeout=30)
     assert default_project_dir(other) == REPO             # a checkout of something else
+
+
+def test_submit_prints_the_python_and_project_dir_it_embedded(tmp_path):
+    """With a stand-in sbatch that keeps the script: the job id on stdout, and on stderr what the
+    script runs (python, PYTHONPATH, run folder), exactly as embedded."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(f"#!/bin/sh\ncat > {tmp_path}/script.sh\necho 4242\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    env = {**__import__("os").environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "cluster.cli", "submit", "pretrain", "--",
+                           "--config", "tiny_cpu", "--out", str(tmp_path / "run")], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "4242\n"
+    line = f"python: {sys.executable}; project dir (PYTHONPATH): {REPO}; run folder: {tmp_path}/run"
+    assert line in proc.stderr
+    script = (tmp_path / "script.sh").read_text()
+    assert f"{sys.executable} -m cluster.launch" in script and f"export PYTHONPATH={REPO}" in script
+    assert "sacct -j 4242" in proc.stderr and "scontrol show job 4242" in proc.stderr

@@ -45,7 +45,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(work) -> Path:
-    _require("pipeline.synth.command", "pipeline.shard_command", "trainer.pretrain_command")
+    _require("cluster.commands.synth_command", "cluster.commands.shard_command", "cluster.commands.pretrain_command")
     _avsiam("synth", "--out", str(work / "synth"), "--clips", "8", "--classes", "4", "--seed", "0",
             "--seconds", "2", "--size", "160x120", "--workers", "2", cwd=work)
     _avsiam("shard", *_shard_args(work / "synth", work / "shards"), "--workers", "2", cwd=work)
@@ -64,7 +64,7 @@ def _pretrain_args(shards: Path, run: Path, steps: int = STEPS, batch: int = 3) 
 
 def _finetune_args(shards: Path, init: Path, run: Path) -> list[str]:
     return ["--config", "tiny_cpu", "--init", str(init), f"--out={run}", f"data.train={shards}",
-            "num_classes=4", "data.batch_size=2", "schedule.epochs=2", "schedule.decay_start=1",
+            "num_classes=4", "data.batch_size=1", "schedule.epochs=4", "schedule.decay_start=2",
             "average_last=1", "log_every=1", "progress=false"]
 
 
@@ -158,9 +158,13 @@ def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster,
 
 
 def test_gres_gpus_give_two_ranks_per_node(cluster, shards, work):
+    one_per_shard = work / "shards_1"           # 4 ranks need at least 4 shards
+    _avsiam("shard", *_shard_args(work / "synth", one_per_shard), "--samples-per-shard", "1",
+            "--workers", "2", cwd=work)
     run = work / "gres"
-    job_id, log = _submit(cluster, "pretrain", "gres", _pretrain_args(shards, run, steps=2, batch=1),
-                          work, "--gres", "gpu:2")
+    job_id, log = _submit(cluster, "pretrain", "gres",
+                          _pretrain_args(one_per_shard, run, steps=2, batch=1), work,
+                          "--gres", "gpu:2")
     text = _completed(cluster, job_id, log, "0")
     first = next(line for line in text.splitlines() if line.startswith("[avsiam] job"))
     assert "2 nodes x 2 ranks (SLURM_GPUS_ON_NODE=2)" in first
@@ -173,7 +177,7 @@ def test_gres_gpus_give_two_ranks_per_node(cluster, shards, work):
 
 @pytest.fixture(scope="module")
 def finetune_plain(cluster, shards, work, plain):
-    _require("trainer.finetune_command")
+    _require("cluster.commands.finetune_command")
     job_id, log = _submit(cluster, "finetune", "ft_plain",
                           _finetune_args(shards, plain, work / "ft_plain"), work)
     _completed(cluster, job_id, log, "0")
@@ -199,3 +203,17 @@ def test_finetuning_stopped_by_the_cluster_requeues_and_resumes_exactly(cluster,
     assert f"finetune: SIG{how} after step" in text
     assert _losses(run) == reference
     assert (run / "model.safetensors").is_file()
+
+
+def test_a_user_error_is_said_once_and_is_the_jobs_exit_code(cluster, shards, work):
+    """A batch larger than the data (the README recipe's old failure): rank 0 says it once, in one
+    line; no traceback from any rank or from torchrun; the batch script exits with the step's 2."""
+    job_id, log = _submit(cluster, "pretrain", "too_big",
+                          _pretrain_args(shards, work / "too_big", batch=100), work)
+    [record] = wait_for_jobs(cluster, job_id, JOB_TIMEOUT_S, log=log)
+    text = log.read_text()
+    assert (record["JobState"], record["ExitCode"]) == ("FAILED", "2:0"), text[-3000:]
+    errors = [line for line in text.splitlines() if line.startswith("avsiam pretrain:")]
+    assert len(errors) == 1 and "make no batch" in errors[0], text[-3000:]
+    assert "Traceback" not in text and "ChildFailedError" not in text
+    assert "ended with exit code 2" in text

@@ -39,7 +39,7 @@ def test_dry_run_prints_the_pretrain_script_with_every_flag():
         "--output=%x-%j.out", "--open-mode=append", "--requeue", "--signal=B:USR1@90", "--mem=0",
         "--exclusive"]
     assert "srun --kill-on-bad-exit=1 --ntasks-per-node=1" in script
-    assert "/opt/env/bin/python -m torch.distributed.run" in script
+    assert "/opt/env/bin/python -m cluster.launch" in script
     assert "--rdzv-backend=c10d" in script and '--rdzv-id="$SLURM_JOB_ID"' in script
     assert "rdzv_port=$((20000 + SLURM_JOB_ID % 20000))" in script
     assert 'scontrol show hostnames "$SLURM_JOB_NODELIST"' in script and "NodeAddr=" in script

@@ -66,6 +66,8 @@ def test_convert_round_trip_and_export_timm(tmp_path, capsys):
     assert main(["convert", "--from-official", str(official), "--out", str(ours), "--size", "tiny"]) == 0
     direct = AVSiam.from_official(state, size="tiny").eval()
     loaded = AVSiam.load(ours).eval()
+    # the official weights were trained on the paper's normalisation: the file says so for evaluation
+    assert loaded.facts.normalization == {"mean": -5.081, "std": 4.4849, "source": "paper"}
     fbank, frames = torch.randn(2, 64, 128), torch.randn(2, 3, 48, 48)
     with torch.no_grad():
         for kwargs in (dict(audio=fbank), dict(visual=frames), dict(audio=fbank, visual=frames)):

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainer.engine import signals
 from trainer.engine.signals import ACK_FILE, STOP_FILE, StopRequest
 
@@ -73,7 +75,7 @@ def test_time_based_checkpoint_is_due_every_n_minutes_of_rank_0():
 
 def test_training_commands_catch_stop_signals_before_heavy_imports():
     """`avsiam pretrain` installs the handlers before it imports torch (the early window)."""
-    probe = ("import signal, sys; from cluster import cli; import trainer.pretrain_command as m; "
+    probe = ("import signal, sys; from cluster import cli; import cluster.commands.pretrain_command as m; "
              "m.main = lambda args: print(signal.getsignal(signal.SIGUSR1).__name__, "
              "'torch' in sys.modules) or 0; m.add_arguments = lambda p: None; "
              "sys.exit(cli.main(['pretrain']))")
@@ -81,3 +83,32 @@ def test_training_commands_catch_stop_signals_before_heavy_imports():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["_record_early", "False"]
+
+
+# --- in the training loop (one process, real DeepSpeed on CPU) ----------------------------------
+
+@pytest.mark.e2e
+def test_the_loop_saves_every_n_minutes_and_stops_on_the_stop_request_file(tmp_path):
+    from test_loader_shards import write_split
+    from test_training_loop import KINDS, config, run
+
+    shards = tmp_path / "shards"
+    write_split(shards, [4, 4], num_frames=2, frame_size=32, fbank_frames=200)
+    timed = tmp_path / "timed"
+    summary = run(config("pretrain", shards, timed, "checkpoint.every_minutes=1e-9",
+                         "checkpoint.save_final=false"), KINDS["pretrain"])
+    assert summary.stopped == "finished"
+    saved = sorted(p.name for p in (timed / "checkpoints").iterdir() if (p / "complete.json").exists())
+    assert saved == [f"step_{step:08d}" for step in range(1, summary.step + 1)]
+
+    class RequestedAfterTwo(KINDS["pretrain"]):
+        def after_step(self, loop, step):
+            if step == 2:                        # as the batch shell does on a warning
+                (Path(loop.cfg.out_dir) / STOP_FILE).write_text("USR1\n")
+            return super().after_step(loop, step)
+
+    out = tmp_path / "requested"
+    stopped = run(config("pretrain", shards, out), RequestedAfterTwo)
+    assert (stopped.stopped, stopped.step) == (STOP_FILE, 2)
+    assert (out / ACK_FILE).read_text() == "USR1\n" and not (out / STOP_FILE).exists()
+    assert (out / "checkpoints" / "step_00000002" / "complete.json").exists()

@@ -49,6 +49,13 @@ class LocalClusterConfig:
         return tuple(f"node{i + 1}" for i in range(len(self.node_ports)))
 
     @property
+    def first_job_id(self) -> int:
+        """Each cluster numbers its jobs in its own block of 100 (from its controller port), so
+        that two clusters on one machine do not give jobs the same id, hence the same rendezvous
+        port (20000 + job id % 20000): jobs of both would meet at one port and fail."""
+        return (self.ctld_port % 190) * 100 + 1
+
+    @property
     def conf_path(self) -> Path:
         return self.root / "slurm.conf"
 
@@ -94,6 +101,7 @@ def render_slurm_conf(cfg: LocalClusterConfig) -> str:
         "SlurmdParameters=config_overrides",
         "ReturnToService=2",
         "JobRequeue=1",
+        f"FirstJobId={cfg.first_job_id}",
         "PreemptType=preempt/partition_prio",
         "PreemptMode=REQUEUE",
         "KillWait=5",

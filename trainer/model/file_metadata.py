@@ -11,8 +11,9 @@ inside JSON):
     audio_frames    1024                                               fbank frames the model takes
     frame_size      224                                                frame side the model takes
 
-`normalization` and `labels` are absent when unknown (a model built in code, an official checkpoint,
-shards without a dataset.json). Evaluation uses them: the model's normalisation by default, and its
+`normalization` and `labels` are absent when unknown (a model built in code, shards without a
+dataset.json; an official checkpoint converted by `avsiam convert` has the paper's normalisation and no
+labels). Evaluation uses them: the model's normalisation by default, and its
 vocabulary to refuse (or map by label id) eval shards labelled with another one.
 """
 from __future__ import annotations

@@ -16,6 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert even when official keys are unknown to the converter (they are listed)")
 
 
+def official_training_facts():
+    """What the official checkpoints were trained on: CAV-MAE's fbank normalisation, (x + 5.081) /
+    4.4849 for AudioSet and VGGSound alike, so evaluation uses it by default. Labels stay unknown."""
+    from shards.format import DEFAULT_FBANK_MEAN, DEFAULT_FBANK_STD
+    from trainer.model.file_metadata import ModelFacts
+
+    return ModelFacts(normalization={"mean": DEFAULT_FBANK_MEAN, "std": DEFAULT_FBANK_STD, "source": "paper"})
+
+
 def main(args: argparse.Namespace) -> int:
     from trainer.checkpoint_io import CheckpointError
     from trainer.model import AVSiam
@@ -29,6 +38,7 @@ def main(args: argparse.Namespace) -> int:
         print(f"avsiam convert: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
+    model.facts = official_training_facts()
     model.save(args.out)
     cfg = model.config
     print(f"wrote {args.out}: size {cfg.size}, depth {cfg.encoder_depth}, {cfg.num_classes} classes, "
