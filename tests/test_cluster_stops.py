@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.cli import COMMANDS
 from cluster.local import LocalSlurmCluster, SlurmUnavailable
 from tests.slurm_fixtures import avsiam_submit, job_records, wait_for_jobs, wait_until
 from tests.test_cluster_jobs import _avsiam, _require, _shard_args
@@ -45,7 +46,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(work) -> Path:
-    _require("pipeline.synth.command", "pipeline.shard_command", "trainer.pretrain_command")
+    _require(*(COMMANDS[name][0] for name in ("synth", "shard", "pretrain")))
     _avsiam("synth", "--out", str(work / "synth"), "--clips", "8", "--classes", "4", "--seed", "0",
             "--seconds", "2", "--size", "160x120", "--workers", "2", cwd=work)
     _avsiam("shard", *_shard_args(work / "synth", work / "shards"), "--workers", "2", cwd=work)
@@ -177,7 +178,7 @@ def test_gres_gpus_give_two_ranks_per_node(cluster, shards, work):
 
 @pytest.fixture(scope="module")
 def finetune_plain(cluster, shards, work, plain):
-    _require("trainer.finetune_command")
+    _require(COMMANDS["finetune"][0])
     job_id, log = _submit(cluster, "finetune", "ft_plain",
                           _finetune_args(shards, plain, work / "ft_plain"), work)
     _completed(cluster, job_id, log, "0")
