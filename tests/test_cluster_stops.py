@@ -137,6 +137,21 @@ def test_a_warning_before_any_step_still_requeues_and_finishes_exactly(cluster, 
     assert _losses(run) == _losses(plain) and len(_losses(run)) == STEPS
 
 
+def test_a_time_limit_before_the_step_stopped_still_requeues(cluster, shards, work, plain):
+    """The warning, then TERM to the batch shell before the ranks could stop (a save slower than
+    the warning, then the time limit): the job is requeued at once, not left to TIMEOUT."""
+    run = work / "late"
+    job_id, log = _submit(cluster, "pretrain", "late", _pretrain_args(shards, run), work)
+    wait_until(lambda: log.exists() and "(restart 0)" in log.read_text(), JOB_TIMEOUT_S,
+               "the job to start")
+    cluster.run("scancel", "--batch", "--signal=USR1", job_id)
+    wait_until(lambda: "USR1 signal" in log.read_text(), 60, "the warning to arrive")
+    cluster.run("scancel", "--batch", "--signal=TERM", job_id)
+    text = _completed(cluster, job_id, log, "1")
+    assert "TERM after the warning: requeueing job" in text
+    assert _losses(run) == _losses(plain)
+
+
 def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster, shards, work,
                                                                         plain):
     run = work / "preempted"
