@@ -139,9 +139,14 @@ def summarise(cfg: DemoConfig, run: dict[str, Path], seconds: float) -> dict:
     """One summary table and runs/demo/summary.json from the evaluation reports."""
     retrieval = json.loads((run["results"] / "retrieval.json").read_text())["summary"]
     classify = json.loads((run["results"] / "classify.json").read_text())["summary"]
-    summary = {"retrieval_a2v_r1": retrieval.get("retrieval_a2v_class_r1"),
-               "retrieval_v2a_r1": retrieval.get("retrieval_v2a_class_r1"),
+    losses = last_losses(run["pretrain"] / "metrics.jsonl")
+    # Each retrieval figure names its level: class (a clip of the query's class) or instance (its pair).
+    summary = {"retrieval_a2v_class_r1": retrieval.get("retrieval_a2v_class_r1"),
+               "retrieval_v2a_class_r1": retrieval.get("retrieval_v2a_class_r1"),
                "retrieval_a2v_instance_r1": retrieval.get("retrieval_a2v_r1"),
+               "retrieval_v2a_instance_r1": retrieval.get("retrieval_v2a_r1"),
+               "pretrain_loss_contrastive": losses.get("loss/contrastive"),
+               "pretrain_loss_reconstruction": losses.get("loss/reconstruction"),
                "av_map": classify.get("av_map"),
                "audio_map": classify.get("audio_map"),
                "visual_map": classify.get("visual_map"),
@@ -152,6 +157,16 @@ def summarise(cfg: DemoConfig, run: dict[str, Path], seconds: float) -> dict:
     print(f"\nsummary: {cfg.out / 'summary.json'}; t-SNE: {cfg.out / 'tsne.png'}; "
           f"loss curves: {cfg.out / 'losses.png'}; TensorBoard: tensorboard --logdir {cfg.out}")
     return summary
+
+
+def last_losses(metrics: Path) -> dict:
+    """The last logged value of each pretraining loss in a metrics.jsonl."""
+    from trainer.engine.metrics import read_jsonl
+
+    last: dict = {}
+    for record in read_jsonl(metrics) if metrics.is_file() else []:
+        last.update({k: v for k, v in record.items() if k.startswith("loss/")})
+    return last
 
 
 def main(args: argparse.Namespace) -> int:

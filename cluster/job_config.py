@@ -23,7 +23,7 @@ def check_job_config(kind: str, job_args: list[str] | tuple[str, ...]):
     if kind not in CHECKED_KINDS or not job_args:
         return None
     from cluster.cli import COMMANDS
-    from trainer.command_args import overrides_with_flags
+    from cluster.commands.command_args import overrides_with_flags
 
     module = importlib.import_module(COMMANDS[kind][0])
     parser = _RaisingParser(prog=f"avsiam {kind}")

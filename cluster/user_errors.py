@@ -13,8 +13,9 @@ from __future__ import annotations
 import os
 import sys
 
+from trainer.engine.quiet import VERBOSE_ENV, is_verbose, quiet_library_logs  # noqa: F401
+
 VERBOSE_FLAG = "--verbose"
-VERBOSE_ENV = "AVSIAM_VERBOSE"
 USER_ERROR_EXIT = 2
 
 
@@ -23,11 +24,8 @@ def take_verbose(argv: list[str]) -> tuple[list[str], bool]:
     verbose = VERBOSE_FLAG in argv or os.environ.get(VERBOSE_ENV) == "1"
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    quiet_library_logs()
     return [a for a in argv if a != VERBOSE_FLAG], verbose
-
-
-def is_verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV) == "1"
 
 
 def user_error_message(exc: BaseException) -> str | None:

@@ -53,3 +53,17 @@ def test_overrides_may_follow_options():
 def test_commands_with_subcommands_still_parse():
     proc = _avsiam("eval", "retrieval", "--help")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_shard_flag_defaults_are_the_defaults_of_the_dataclasses_that_own_them():
+    """`avsiam shard` with no optional flag builds exactly the default plan, clip and limits."""
+    import argparse
+
+    from cluster.commands.shard_command import add_arguments, config_from_args
+    from pipeline.params import ClipParams, MediaLimits
+    from pipeline.plan import PlanParams
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = config_from_args(parser.parse_args(["--videos", "v", "--out", "o", "--workers", "1"]))
+    assert (cfg.plan, cfg.clip, cfg.limits) == (PlanParams(), ClipParams(), MediaLimits())

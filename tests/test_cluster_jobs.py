@@ -44,7 +44,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def synth(work) -> Path:
-    _require("pipeline.synth.command")
+    _require("cluster.commands.synth_command")
     _avsiam("synth", "--out", str(work / "synth"), "--clips", "8", "--classes", "4", "--seed", "0",
             "--seconds", "2", "--size", "160x120", "--workers", "2", cwd=work)
     return work / "synth"
@@ -59,7 +59,7 @@ def _shard_args(synth: Path, out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def local_shards(synth, work) -> Path:
     """The reference: one local run of `avsiam shard` (shards of 2 clips)."""
-    _require("pipeline.shard_command")
+    _require("cluster.commands.shard_command")
     _avsiam("shard", *_shard_args(synth, work / "local_shards"), "--workers", "2", cwd=work)
     return work / "local_shards"
 
@@ -142,7 +142,7 @@ def _submit_pretrain(cluster, shards: Path, run: Path, work: Path) -> tuple[str,
 def plain_job(slurm_cluster, local_shards, work) -> tuple[str, Path, Path]:
     """A 2-node pretraining job left undisturbed: (job id, run folder, log). Only submitted here,
     so that the preemption test's job runs beside it (each takes one core per node)."""
-    _require("trainer.pretrain_command", "trainer.engine.trainer")
+    _require("cluster.commands.pretrain_command", "trainer.engine.trainer")
     job_id, log = _submit_pretrain(slurm_cluster, local_shards, work / "run_plain", work)
     return job_id, work / "run_plain", log
 

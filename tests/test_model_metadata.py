@@ -72,6 +72,7 @@ def test_metadata_round_trip_as_plain_json(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.e2e
 def test_pretrain_checkpoint_and_export_record_the_training_facts(shards, tmp_path):
     run = tmp_path / "run"
     _cli("pretrain", "--config", "tiny_cpu", f"data.train={shards}", f"out_dir={run}", "max_steps=2",
@@ -90,6 +91,7 @@ def test_pretrain_checkpoint_and_export_record_the_training_facts(shards, tmp_pa
     assert json.loads(header["audio_frames"]) == 64
 
 
+@pytest.mark.e2e
 def test_eval_uses_the_model_normalisation_unless_an_option_names_one(shards, tmp_path):
     from trainer.evaluation.inputs import EvalInputs, eval_loader
     model = _model()
@@ -101,6 +103,7 @@ def test_eval_uses_the_model_normalisation_unless_an_option_names_one(shards, tm
     assert (loader.spec.cfg.fbank_mean, loader.spec.cfg.fbank_std) == (-3.0, 4.0)
 
 
+@pytest.mark.e2e
 def test_a_permuted_vocabulary_is_mapped_by_label_id(shards, tmp_path):
     """The same model with its classes stored in another order scores the same mAP."""
     vocab = _vocabulary(shards)
@@ -125,6 +128,7 @@ def test_a_permuted_vocabulary_is_mapped_by_label_id(shards, tmp_path):
         assert maps[0][key] == pytest.approx(maps[1][key], abs=1e-6)
 
 
+@pytest.mark.e2e
 def test_a_foreign_vocabulary_is_refused_in_one_line(shards, tmp_path, capsys):
     model = _model()
     model.facts = ModelFacts(labels={"ids": ["/m/x", "/m/y", "/m/z"], "names": ["X", "Y", "Z"]})
@@ -136,6 +140,7 @@ def test_a_foreign_vocabulary_is_refused_in_one_line(shards, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and "not trained on" in err and not out.exists()
 
 
+@pytest.mark.e2e
 def test_resized_frames_are_announced(shards, caplog):
     from trainer.evaluation.inputs import EvalInputs, eval_loader
     with caplog.at_level(logging.WARNING, logger="trainer.evaluation"):

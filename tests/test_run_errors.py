@@ -33,6 +33,7 @@ def shard_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("override,message", [
     ("data.options.nosie=true", "unknown config key(s) ['data.options.nosie']"),
     ("data.options.shuffle_buffer=-1", "data.options: shuffle_buffer must be >= 0"),
@@ -48,6 +49,7 @@ def test_config_mistakes_fail_in_one_line_before_the_engine(shard_folder, tmp_pa
     assert not out.exists()          # nothing of the run was made: no engine, no folder
 
 
+@pytest.mark.e2e
 def test_missing_training_shards_fail_in_one_line(tmp_path):
     for command, extra in (("pretrain", []), ("finetune", ["num_classes=3"])):
         proc = _avsiam(command, "--config", "tiny_cpu", f"data.train={tmp_path / 'nowhere'}", *extra,
@@ -57,6 +59,7 @@ def test_missing_training_shards_fail_in_one_line(tmp_path):
         assert "data.train=" in lines[0] and "nowhere" in lines[0] and not (tmp_path / "run").exists()
 
 
+@pytest.mark.e2e
 def test_only_rank_zero_prints_and_verbose_shows_the_traceback(shard_folder, tmp_path):
     argv = ("pretrain", "--config", "tiny_cpu", f"data.train={shard_folder}", "data.options.nosie=1")
     other = _avsiam(*argv, env={"RANK": "1", "WORLD_SIZE": "2"})
@@ -66,6 +69,7 @@ def test_only_rank_zero_prints_and_verbose_shows_the_traceback(shard_folder, tmp
     assert "data.options.nosie" in verbose.stderr
 
 
+@pytest.mark.e2e
 def test_submit_refuses_a_job_whose_config_has_a_typo():
     proc = _avsiam("submit", "pretrain", "--dry-run", "--", "--config", "tiny_cpu", "optim.lrr=3")
     assert proc.returncode == 2 and proc.stdout == ""

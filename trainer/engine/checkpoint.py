@@ -15,6 +15,7 @@ client state from rank 0 only). DeepSpeed's own `latest` file is not written or 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -30,9 +31,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .checkpoint_files import COMPLETE, checkpoint_problem, marker_problem, record_files
 from .distributed import DistContext, barrier, on_main_rank
 
-COMPLETE = "complete.json"
+log = logging.getLogger("trainer.engine")
 UNIVERSAL_SUFFIX = "_universal"
 _TAG_RE = re.compile(r"^step_(\d{8})$")
 
@@ -58,10 +60,12 @@ class ResumePoint:
 
 
 def read_marker(folder: Path) -> dict | None:
+    """complete.json of `folder` when it is readable and has its fields (else None)."""
     try:
-        return json.loads((folder / COMPLETE).read_text())
-    except (OSError, json.JSONDecodeError):
+        marker = json.loads((folder / COMPLETE).read_text())
+    except (OSError, ValueError):
         return None
+    return marker if marker_problem(marker) is None else None
 
 
 def complete_checkpoints(root: Path) -> list[ResumePoint]:
@@ -85,19 +89,50 @@ def find_resume_point(spec: str, root: Path, flag: str = "--resume") -> ResumePo
     if spec == "none":
         return None
     if spec == "auto":
-        points = complete_checkpoints(root)
-        return points[-1] if points else None
+        return newest_intact(root, flag)
     path = Path(spec)
-    if read_marker(path) is not None and _TAG_RE.match(path.name):
+    if _TAG_RE.match(path.name) and (path / COMPLETE).exists():
+        problem = checkpoint_problem(path)
+        if problem is not None:
+            raise ValueError(f"{flag} {spec}: the checkpoint is damaged: {problem}; pass an older "
+                             f"step_NNNNNNNN folder or its parent folder (the newest intact one is taken)")
         return next(p for p in complete_checkpoints(path.parent) if p.tag == path.name)
-    points = complete_checkpoints(path)
-    if not points:
+    point = newest_intact(path, flag)
+    if point is None:
         state = "has no complete.json (an interrupted save?)" if path.is_dir() and _TAG_RE.match(path.name) \
             else "holds no complete checkpoint"
         choices = "" if flag == "--checkpoint" else ", or `auto`"
         raise FileNotFoundError(f"{flag} {spec}: {path} {state}; pass a step_NNNNNNNN folder written "
                                 f"by `avsiam pretrain` or `avsiam finetune`, its parent folder{choices}")
-    return points[-1]
+    return point
+
+
+_WARNED: set = set()
+
+
+def newest_intact(root: Path, flag: str = "--resume") -> ResumePoint | None:
+    """The newest checkpoint under `root` whose files are intact (checkpoint_files.py); each newer
+    damaged one is named in a warning. None when there is no checkpoint; ValueError (one line) when
+    there are some and none is intact."""
+    candidates = sorted((f for f in root.iterdir() if _TAG_RE.match(f.name) and (f / COMPLETE).exists()),
+                        key=lambda f: f.name, reverse=True) if root.is_dir() else []
+    damaged = []
+    for folder in candidates:
+        problem = checkpoint_problem(folder)
+        if problem is None:
+            point = next(p for p in complete_checkpoints(root) if p.tag == folder.name)
+            for name, why in damaged:
+                if (root, name) not in _WARNED:           # once per process, however often asked
+                    _WARNED.add((root, name))
+                    log.warning("checkpoint %s is damaged (%s); resuming from %s instead", name, why,
+                                folder.name)
+            return point
+        damaged.append((folder.name, problem))
+    if damaged:
+        found = "; ".join(f"{name}: {why}" for name, why in damaged)
+        raise ValueError(f"{flag}: no intact checkpoint in {root} ({found}); start afresh with "
+                         "--resume none --overwrite")
+    return None
 
 
 class Checkpointer:
@@ -116,7 +151,7 @@ class Checkpointer:
         `marker` adds fields to complete.json (e.g. the model config, read by `avsiam export`)."""
         tag = tag_of(step)
         folder = self.root / tag
-        if read_marker(folder) is not None:       # e.g. the final save right after a periodic one
+        if checkpoint_problem(folder) is None:    # e.g. the final save right after a periodic one
             return folder
         ranks = _all_gather_objects({**rank_state, "rng": capture_rng()})
         # leftovers of an interrupted save of this step
@@ -128,7 +163,8 @@ class Checkpointer:
         def complete() -> None:
             _write_json_atomic(folder / COMPLETE, {**(marker or {}), "step": step,
                                                    "world_size": self.ctx.world_size,
-                                                   "zero_stage": self.zero_stage, "time": time.time()})
+                                                   "zero_stage": self.zero_stage, "time": time.time(),
+                                                   "files": record_files(folder)})
             self.prune()
 
         on_main_rank(self.ctx.is_main, complete)
@@ -158,7 +194,8 @@ class Checkpointer:
         def convert() -> None:
             if read_marker(target) is None:
                 convert_to_universal(point.path, target)
-                _write_json_atomic(target / COMPLETE, {**read_marker(point.path), "universal": True})
+                _write_json_atomic(target / COMPLETE, {**read_marker(point.path), "universal": True,
+                                                       "files": record_files(target)})
 
         on_main_rank(self.ctx.is_main, convert)
         return ResumePoint(root=point.root, tag=target.name, step=point.step, world_size=point.world_size,

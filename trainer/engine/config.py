@@ -179,7 +179,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"            # auto (cuda when available) | cuda | cpu
     log_every: int = 10             # metric records every N steps (JSONL, TensorBoard)
-    progress: bool = True           # tqdm bar on rank 0
+    progress: bool = True           # rank 0: a bar on a terminal, else a line per metrics record
     stop_at_step: int | None = None  # behave as if a stop signal arrived after this step (tests, drills)
     # Micro-batches per optimizer step (in pretraining each its own contrastive batch); the loop
     # accumulates them, DeepSpeed's own gradient_accumulation_steps is always 1.

@@ -132,10 +132,12 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistCon
             raise RuntimeError("device=cuda but no CUDA device is visible; use device=cpu or auto")
         torch.cuda.set_device(env.local_rank)
     backend = "nccl" if device_type == "cuda" else "gloo"
-    import deepspeed
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
-                                   timeout=timedelta(seconds=timeout_s))
+    from .quiet import library_prints
+    with library_prints():              # DeepSpeed's "... built successfully"
+        import deepspeed
+        if not torch.distributed.is_initialized():
+            deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False,
+                                       timeout=timedelta(seconds=timeout_s))
     return DistContext(env=env, device_type=device_type, backend=backend)
 
 

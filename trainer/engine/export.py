@@ -22,7 +22,10 @@ def export_weights(checkpoint: str | Path, out: str | Path) -> tuple[Path, int]:
         raise ValueError(f"{point.path}/complete.json has no model_config; was it written by `avsiam pretrain`?")
     os.environ.setdefault("DS_ACCELERATOR", "cpu")    # before DeepSpeed picks its accelerator
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-    state = model_state_from_module(get_fp32_state_dict_from_zero_checkpoint(str(point.root), tag=point.tag))
+    from .quiet import library_prints
+    with library_prints():          # DeepSpeed's "Processing zero checkpoint ..." lines
+        fp32 = get_fp32_state_dict_from_zero_checkpoint(str(point.root), tag=point.tag)
+    state = model_state_from_module(fp32)
     cfg = AVSiamConfig.from_json(config_text(marker["model_config"]))
     with torch.device("meta"):
         model = AVSiam.from_config(cfg)

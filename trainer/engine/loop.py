@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import logging
 import random
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shards.loader import make_loader
 
@@ -34,6 +32,7 @@ from .deepspeed_config import create_engine
 from .distributed import DistContext, run_on_ranks
 from .metrics import open_metrics
 from .observe import StepMeter
+from .progress import Progress
 from .schedule import lr_at
 from .signals import StopRequest
 
@@ -173,8 +172,8 @@ class TrainingRun:
                           samples_per_step=cfg.data.batch_size * cfg.gradient_accumulation,
                           flops_per_sample=kind.flops_per_sample, peak_tflops=cfg.peak_tflops,
                           precision=cfg.deepspeed.precision)
-        bar = tqdm(total=self.max_steps, initial=self.state.step, desc=kind.name, unit="step",
-                   disable=not (self.ctx.is_main and cfg.progress), dynamic_ncols=True, file=sys.stderr)
+        bar = Progress(self.max_steps, initial=self.state.step, desc=kind.name,   # plain lines off a tty
+                       enabled=self.ctx.is_main and cfg.progress)
         batches = endless_batches(self.loader)
         stopped, last = "finished", None
         try:
@@ -195,8 +194,7 @@ class TrainingRun:
                         record = meter.record(lr, self.engine.get_global_grad_norm())
                         record.update(kind.record_extra(self, step))
                         metrics.log(step, record)
-                        bar.set_postfix(loss=f"{record['loss']:.3f}",
-                                        sps=f"{record['perf/samples_per_s']:.1f}", refresh=False)
+                        bar.report(loss=f"{record['loss']:.3f}", sps=f"{record['perf/samples_per_s']:.1f}")
                     last = kind.after_step(self, step) or last
                     every = cfg.checkpoint.every_steps
                     if every and step % every == 0:

@@ -1,7 +1,7 @@
 """Metric sinks behind one small interface: `log(step, values)` and `close()`.
 
-Rank 0 writes `metrics.jsonl` (one JSON object per record, with `step`) and TensorBoard event files
-under `tensorboard/`; other ranks get a `NullLogger`. On resume from step S, records after S are
+Rank 0 writes `metrics.jsonl` (one JSON object per record, with `step` and `time` in unix
+seconds) and TensorBoard event files under `tensorboard/`; other ranks get a `NullLogger`. On resume from step S, records after S are
 dropped from the JSONL and purged from TensorBoard, so a resumed run leaves no duplicate steps.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Mapping
 
@@ -41,7 +42,7 @@ class JsonlLogger(MetricsLogger):
         self._file = open(self.path, "a")
 
     def log(self, step, values) -> None:
-        record = {"step": int(step)}
+        record = {"step": int(step), "time": round(time.time(), 3)}   # unix seconds
         record.update({k: _jsonable(v) for k, v in values.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

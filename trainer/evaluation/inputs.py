@@ -1,14 +1,11 @@
 """What every evaluation reads: a model (see `trainer.model.source`) and an eval-mode loader of shards."""
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-
-log = logging.getLogger("trainer.evaluation")
 
 
 @dataclass(kw_only=True)
@@ -49,21 +46,16 @@ def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool
     classes (mapped by label id from the shards' vocabulary; a foreign one is refused); otherwise
     as lists of the shards' class indices (retrieval, embeddings).
     """
-    from shards.dataset_facts import read_dataset_json
     from shards.loader import make_loader
-    from shards.sources import expand_urls
 
-    from .shard_fit import MappedLabels, label_mapping, normalization_options, size_warnings
+    from .shard_fit import MappedLabels, label_mapping, normalization_options, read_shards_dataset
 
     facts = getattr(model, "facts", None)
     options = {"audio_frames": model.config.audio_frames, "image_size": model.config.image_size,
                "frames": frames, **normalization_options(facts, inputs.loader_options),
                **inputs.loader_options}
-    _, root = expand_urls(inputs.shards, allow_pipe=bool(inputs.loader_options.get("allow_pipe")))
-    dataset = read_dataset_json(root) if root is not None else {}
-    where = f"{root}/dataset.json" if root is not None else str(inputs.shards)
-    for line in size_warnings(model.config, dataset, where):
-        log.warning(line)
+    dataset, where = read_shards_dataset(model.config, inputs.shards,
+                                         bool(inputs.loader_options.get("allow_pipe")))
     mapping = None
     if with_classes and "num_classes" not in options:
         vocabulary = dataset.get("labels") if isinstance(dataset.get("labels"), dict) else {}
@@ -79,10 +71,10 @@ def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool
 
 
 def progress_batches(loader, desc: str):
-    """The loader's batches with a tqdm bar (batches) on stderr."""
+    """The loader's batches with a tqdm bar (batches) on stderr when it is a terminal."""
     import sys
 
     from tqdm import tqdm
 
     return tqdm(loader, total=len(loader), desc=desc, unit="batch", file=sys.stderr,
-                dynamic_ncols=True)
+                dynamic_ncols=True, disable=not sys.stderr.isatty())

@@ -73,6 +73,23 @@ def size_warnings(model_config, dataset: dict, where: str) -> list[str]:
     return lines
 
 
+def read_shards_dataset(model_config, shards, allow_pipe: bool = False) -> tuple[dict, str]:
+    """The shards' dataset.json ({} when there is none) and how to name it, after warning (rank 0)
+    how their frames and clips are resized to the model's inputs."""
+    import os
+
+    from shards.dataset_facts import read_dataset_json
+    from shards.sources import expand_urls
+
+    _, root = expand_urls(shards, allow_pipe=allow_pipe)
+    dataset = read_dataset_json(root) if root is not None else {}
+    where = f"{root}/dataset.json" if root is not None else str(shards)
+    if os.environ.get("RANK", "0") == "0":
+        for line in size_warnings(model_config, dataset, where):
+            log.warning(line)
+    return dataset, where
+
+
 class MappedLabels:
     """A loader whose multi-hot labels over the shards' classes become the model's classes."""
 

@@ -17,7 +17,7 @@ from trainer.engine.distributed import on_main_rank
 from trainer.engine.export import export_weights
 from trainer.engine.epochs import optimizer_steps_per_epoch
 from trainer.engine.loop import RunKind, RunSummary, TrainingRun, run_training
-from trainer.evaluation.shard_fit import normalization_options
+from trainer.evaluation.shard_fit import normalization_options, read_shards_dataset
 from trainer.model.file_metadata import loader_facts, marker_fields
 
 from .averaging import average_checkpoints
@@ -55,6 +55,7 @@ class FinetuneKind(RunKind):
 
     def loader_options(self) -> dict:
         mc = self.model.config
+        read_shards_dataset(mc, self.cfg.data.train, bool(self.cfg.data.options.get("allow_pipe")))  # warns
         return {"audio_frames": mc.audio_frames, "image_size": mc.image_size,
                 "num_classes": self.cfg.num_classes, "require_labels": self.cfg.loss == "ce",
                 **normalization_options(self.model.facts, self.cfg.data.loader_options())}

@@ -24,12 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=0, help="loader worker processes")
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
-    from trainer.eval_command import add_norm_arguments
+    from cluster.commands.eval_command import add_norm_arguments
     add_norm_arguments(parser)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from trainer.eval_command import loader_options
+    from cluster.commands.eval_command import loader_options
     from trainer.evaluation.embeddings import write_embeddings
     from trainer.evaluation.inputs import EvalInputs
     from trainer.evaluation.protocols import compute_embeddings, to_table

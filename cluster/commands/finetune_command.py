@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from trainer.command_args import add_run_arguments, load_run_config, print_on_main_rank
+from cluster.commands.command_args import add_run_arguments, load_run_config, print_on_main_rank
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from typing import Any, Callable
 
 # Shorthand flags (argparse dest) and the config key each one overrides.
@@ -23,6 +24,9 @@ def add_run_arguments(parser: argparse.ArgumentParser, *, config_help: str, over
     parser.add_argument("--resume", default=None,
                         help="auto (newest complete checkpoint, if any), none, or a checkpoint folder; "
                              "same as checkpoint.resume=...")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="with --resume none: delete the checkpoints and logs a previous run left "
+                             "in the run folder, then start afresh (without it such a folder is refused)")
     parser.add_argument("--out", default=None,
                         help="run folder (logs, metrics, checkpoints); same as out_dir=...")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
@@ -49,11 +53,14 @@ def load_run_config(args: argparse.Namespace, load: Callable[[str, list[str]], A
         print(json.dumps(cfg.to_dict(), indent=1))
         return None
     from trainer.engine.preflight import check_run_start
+    from trainer.engine.run_folder import open_run_folder
     check_run_start(cfg, command)
+    open_run_folder(cfg, command, list(sys.argv), overwrite=getattr(args, "overwrite", False))
     return cfg
 
 
 def print_on_main_rank(line: str) -> None:
-    """Print `line` on rank 0 only (RANK=0 or unset)."""
+    """Print `line` on rank 0 only (RANK=0 or unset); it also goes to the run's train.log."""
     if os.environ.get("RANK", "0") == "0":
-        print(line, flush=True)
+        from trainer.engine.run_log import log_line
+        log_line(line, stream=sys.stdout)
