@@ -11,6 +11,7 @@ gpu gres and a preempting partition), submitted with `avsiam submit`:
 """
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -169,7 +170,11 @@ def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster,
     assert "step ended with status 0 after the stop request: requeueing job" in text
     assert "pretrain: SIGTERM after step" in text
     assert "Killed" not in text and "SignalException" not in text and "Traceback" not in text
-    assert "pretrain: finished after step 8" in text.split("(restart 1)", 1)[1]
+    resumed = text.split("(restart 1)", 1)[1]
+    assert "pretrain: finished after step 8" in resumed
+    # the resumed run names the step and the checkpoint it resumed from
+    found = re.search(r"pretrain: resumed from step (\d+) \(([^)]*)\)", resumed)
+    assert found and found.group(2).endswith(f"step_{int(found.group(1)):08d}"), resumed[:3000]
     assert _losses(run) == _losses(plain) and len(_losses(run)) == STEPS
 
 
