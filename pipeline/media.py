@@ -1,6 +1,6 @@
 """The one ffmpeg wrapper: probe a file (decodes nothing), then decode a clip window in ONE process.
 
-`probe` runs ffprobe and checks what the file claims (streams, dimensions, duration) against the
+`probe` reads a plain MP4's header in-process (`pipeline.mp4_probe`), else runs ffprobe, and checks what the file claims (streams, dimensions, duration) against the
 limits before anything is decoded. `decode_window` builds one ffmpeg command with ffmpeg-python that
 seeks to the window (-ss/-t on the input) and writes its outputs at once: the window's audio
 (16 kHz, `-ac 1` downmix, s16le) on one pipe, the candidate frames of the stored indices
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import ffmpeg
 
-from pipeline import errors, frame_select
+from pipeline import errors, frame_select, mp4_probe
 from pipeline.bounded_process import (STDOUT, OutputLimitExceeded, ProcessResult, ProcessTimeout,
                                       run_bounded)
 from pipeline.params import SAMPLE_RATE, ClipParams, MediaLimits
@@ -140,7 +140,13 @@ def _rotation(stream: dict) -> int:
 
 
 def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
-    """Streams, dimensions and duration of `path`, checked against the limits."""
+    """Streams, dimensions and duration of `path`, checked against the limits: read in-process
+    for a plain MP4 (`pipeline.mp4_probe`, the same numbers), else by one bounded ffprobe."""
+    data = mp4_probe.read(path, max_moov_bytes=limits.probe_max_bytes)
+    return _parse_probe(data if data is not None else _ffprobe(path, limits), params)
+
+
+def _ffprobe(path: Path, limits: MediaLimits) -> dict:
     guard = [arg for name, value in INPUT_GUARD.items() for arg in (f"-{name}", value)]
     command = ["ffprobe", "-v", "error", *guard, "-show_format", "-show_streams", "-of", "json",
                _input_url(path)]
@@ -151,7 +157,7 @@ def probe(path: Path, params: ClipParams, limits: MediaLimits) -> MediaInfo:
         data = json.loads(result.outputs[STDOUT] or b"{}")
     except ValueError as exc:
         raise errors.ClipError(errors.PROBE_FAILED, f"ffprobe printed invalid JSON ({exc})")
-    return _parse_probe(data, params)
+    return data
 
 
 def _parse_probe(data: dict, params: ClipParams) -> MediaInfo:

@@ -123,7 +123,8 @@ class MediaLimits:
     decode_timeout_s: float = 120.0
     """Time limit of the one ffmpeg decode of a clip."""
     probe_max_bytes: int = 4 << 20
-    """Largest ffprobe JSON accepted."""
+    """Largest ffprobe JSON accepted; also the largest MP4 `moov` read in-process (a bigger one
+    goes to ffprobe)."""
     ffmpeg_threads: int = 1
     """Decoder/filter threads per ffmpeg (1: one worker per core is the fast layout)."""
     ffmpeg_memory_mb: int = 4096
