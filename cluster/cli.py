@@ -59,7 +59,9 @@ def _top_parser(commands: dict[str, tuple[str, str]]) -> argparse.ArgumentParser
         description="Shard audio-visual datasets, stream them, and pretrain/evaluate AVSiam.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         usage="avsiam <command> [options]   (avsiam <command> --help for its options)",
-        epilog=f"commands:\n{lines}\n\nData flows pipeline -> shards -> trainer; see README.md.",
+        epilog=f"commands:\n{lines}\n\nData flows pipeline -> shards -> trainer; see README.md.\n"
+               "Mistakes are reported in one line (exit 2); add --verbose to any command for the "
+               "traceback and the libraries' own messages.",
     )
 
 

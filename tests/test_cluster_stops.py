@@ -11,10 +11,12 @@ gpu gres and a preempting partition), submitted with `avsiam submit`:
 """
 import json
 import os
+import re
 from pathlib import Path
 
 import pytest
 
+from cluster.cli import COMMANDS
 from cluster.local import LocalSlurmCluster, SlurmUnavailable
 from tests.slurm_fixtures import avsiam_submit, job_records, wait_for_jobs, wait_until
 from tests.test_cluster_jobs import _avsiam, _require, _shard_args
@@ -45,7 +47,7 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(work) -> Path:
-    _require("cluster.commands.synth_command", "cluster.commands.shard_command", "cluster.commands.pretrain_command")
+    _require(*(COMMANDS[name][0] for name in ("synth", "shard", "pretrain")))
     _avsiam("synth", "--out", str(work / "synth"), "--clips", "8", "--classes", "4", "--seed", "0",
             "--seconds", "2", "--size", "160x120", "--workers", "2", cwd=work)
     _avsiam("shard", *_shard_args(work / "synth", work / "shards"), "--workers", "2", cwd=work)
@@ -136,6 +138,21 @@ def test_a_warning_before_any_step_still_requeues_and_finishes_exactly(cluster, 
     assert _losses(run) == _losses(plain) and len(_losses(run)) == STEPS
 
 
+def test_a_time_limit_before_the_step_stopped_still_requeues(cluster, shards, work, plain):
+    """The warning, then TERM to the batch shell before the ranks could stop (a save slower than
+    the warning, then the time limit): the job is requeued at once, not left to TIMEOUT."""
+    run = work / "late"
+    job_id, log = _submit(cluster, "pretrain", "late", _pretrain_args(shards, run), work)
+    wait_until(lambda: log.exists() and "(restart 0)" in log.read_text(), JOB_TIMEOUT_S,
+               "the job to start")
+    cluster.run("scancel", "--batch", "--signal=USR1", job_id)
+    wait_until(lambda: "USR1 signal" in log.read_text(), 60, "the warning to arrive")
+    cluster.run("scancel", "--batch", "--signal=TERM", job_id)
+    text = _completed(cluster, job_id, log, "1")
+    assert "TERM after the warning: requeueing job" in text
+    assert _losses(run) == _losses(plain)
+
+
 def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster, shards, work,
                                                                         plain):
     run = work / "preempted"
@@ -153,7 +170,11 @@ def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster,
     assert "step ended with status 0 after the stop request: requeueing job" in text
     assert "pretrain: SIGTERM after step" in text
     assert "Killed" not in text and "SignalException" not in text and "Traceback" not in text
-    assert "pretrain: finished after step 8" in text.split("(restart 1)", 1)[1]
+    resumed = text.split("(restart 1)", 1)[1]
+    assert "pretrain: finished after step 8" in resumed
+    # the resumed run names the step and the checkpoint it resumed from
+    found = re.search(r"pretrain: resumed from step (\d+) \(([^)]*)\)", resumed)
+    assert found and found.group(2).endswith(f"step_{int(found.group(1)):08d}"), resumed[:3000]
     assert _losses(run) == _losses(plain) and len(_losses(run)) == STEPS
 
 
@@ -177,7 +198,7 @@ def test_gres_gpus_give_two_ranks_per_node(cluster, shards, work):
 
 @pytest.fixture(scope="module")
 def finetune_plain(cluster, shards, work, plain):
-    _require("cluster.commands.finetune_command")
+    _require(COMMANDS["finetune"][0])
     job_id, log = _submit(cluster, "finetune", "ft_plain",
                           _finetune_args(shards, plain, work / "ft_plain"), work)
     _completed(cluster, job_id, log, "0")

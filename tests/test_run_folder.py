@@ -172,3 +172,19 @@ def test_progress_is_a_bar_on_a_terminal_and_plain_lines_elsewhere():
         progress.close()
     assert plain.getvalue() == "pretrain step 5/10 (50%): loss 1.234\n"
     assert "\r" in tty.getvalue() and "step/s" in tty.getvalue()
+
+
+def test_overwrite_wipes_every_output_of_the_old_run_and_nothing_else(tmp_path):
+    from trainer.engine.run_folder import wipe_run
+    out = tmp_path / "ft"
+    _saved(out / "checkpoints", 4)
+    (out / "checkpoints" / "step_00000006").mkdir()                # an interrupted save
+    for name in ("metrics.jsonl", "train.log", "run.json", "config.yaml", "model.safetensors",
+                 "finetune.json", "notes.txt"):
+        (out / name).write_text("old")
+    for folder in ("tensorboard", "epochs"):
+        (out / folder).mkdir()
+        (out / folder / "x").write_text("old")
+    wipe_run(out, out / "checkpoints")
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "notes.txt"]
+    assert list((out / "checkpoints").iterdir()) == []

@@ -75,7 +75,8 @@ def test_time_based_checkpoint_is_due_every_n_minutes_of_rank_0():
 
 def test_training_commands_catch_stop_signals_before_heavy_imports():
     """`avsiam pretrain` installs the handlers before it imports torch (the early window)."""
-    probe = ("import signal, sys; from cluster import cli; import cluster.commands.pretrain_command as m; "
+    probe = ("import importlib, signal, sys; from cluster import cli; "
+             "m = importlib.import_module(cli.COMMANDS['pretrain'][0]); "
              "m.main = lambda args: print(signal.getsignal(signal.SIGUSR1).__name__, "
              "'torch' in sys.modules) or 0; m.add_arguments = lambda p: None; "
              "sys.exit(cli.main(['pretrain']))")

@@ -6,8 +6,9 @@
 # {{resend_seconds}} s until the ranks acknowledge it (RUN/stop-acknowledged): a warning that comes
 # while the ranks are still starting is not lost.
 # The job requeues itself once the step has ended after the warning, or after the ranks stopped on
-# a request this shell did not get as TERM (preemption); a TERM to this shell (scancel, the time
-# limit, a preemption's final kill, when SLURM requeues by itself) is not requeued here.
+# a request this shell did not get as TERM (preemption), or at once on a TERM that follows the
+# warning (the time limit came first). A TERM to this shell alone (scancel, a time limit without
+# warning, a preemption's final kill, when SLURM requeues by itself) is not requeued here.
 # The next run resumes where this one stopped. To preempt by hand: scancel --batch --signal=USR1 JOBID
 warned=
 step_pid=
@@ -17,7 +18,13 @@ forward_stop() {
 on_stop_signal() {  # $1: the signal this shell got
     echo "[avsiam] $(date -u +%FT%TZ) $1 signal: stopping the step" \
          "$([ "$1" = USR1 ] && echo "to requeue the job" || echo "(TERM: scancel, time limit or preemption)")" >&2
-    if [ -z "$warned" ] || [ "$1" = TERM ]; then warned=$1; fi
+    if [ "$1" = TERM ] && [ "$warned" = USR1 ]; then
+        # the time limit came before the step could stop (a slow save): SLURM kills it in
+        # KillWait seconds, so requeue now; the next run resumes from the newest complete checkpoint
+        echo "[avsiam] TERM after the warning: requeueing job $SLURM_JOB_ID now" >&2
+        scontrol requeue "$SLURM_JOB_ID" && exit 0
+    fi
+    if [ -z "$warned" ]; then warned=$1; fi
     if [ -n "$stop_file" ]; then
         mkdir -p "${stop_file%/*}" && echo "$1" > "$stop_file"
     fi

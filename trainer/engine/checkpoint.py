@@ -130,8 +130,9 @@ def newest_intact(root: Path, flag: str = "--resume") -> ResumePoint | None:
         damaged.append((folder.name, problem))
     if damaged:
         found = "; ".join(f"{name}: {why}" for name, why in damaged)
-        raise ValueError(f"{flag}: no intact checkpoint in {root} ({found}); start afresh with "
-                         "--resume none --overwrite")
+        fix = "start afresh with --resume none --overwrite" if flag == "--resume" else \
+            "export a checkpoint of another run"
+        raise ValueError(f"{flag}: no intact checkpoint in {root} ({found}); {fix}")
     return None
 
 

@@ -33,7 +33,8 @@ RUN_JSON = "run.json"
 CONFIG_YAML = "config.yaml"
 PACKAGES = ("torch", "deepspeed", "timm", "webdataset", "numpy", "safetensors")
 # What --overwrite deletes (besides the checkpoints): the outputs a new run writes afresh.
-RUN_OUTPUTS = ("metrics.jsonl", "tensorboard", "train.log", RUN_JSON, CONFIG_YAML)
+RUN_OUTPUTS = ("metrics.jsonl", "tensorboard", "train.log", RUN_JSON, CONFIG_YAML,
+               "epochs", "model.safetensors", "finetune.json")      # the last three: fine-tuning
 
 
 @dataclass(frozen=True)
