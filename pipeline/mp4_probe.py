@@ -7,10 +7,11 @@ quarter of a clip's CPU time).
 channels, width/height, display-matrix rotation, avg_frame_rate, nb_frames, duration), with the
 numbers computed the way FFmpeg's mov demuxer computes them, so every check that follows the probe
 is the same. It vouches only for the common, simple layout: one `moov` (at the front or the end),
-every track a video track (H.264/HEVC) or an AAC-LC audio track with one sample description, at
-most one edit that maps the media at normal speed, a right-angle display matrix, no fragments, no
-cover art. Anything else (fragmented files, other codecs or boxes, a box that does not fit its
-parent, a truncated file, a non-ISO file) returns None and the caller runs ffprobe as before.
+every track a video track (H.264/HEVC/AV1/VP9) or an AAC-LC audio track with one sample
+description, at most one edit that maps the media at normal speed, a right-angle display matrix,
+no fragments, no cover art. Anything else (fragmented files, other codecs or boxes, a box that
+does not fit its parent, a truncated file, a non-ISO file) returns None and the caller runs
+ffprobe as before.
 
 Bounded: the boxes are walked at most `_MAX_DEPTH` deep and `_MAX_BOXES` in all, every size is
 checked against its parent and the file, and at most `max_moov_bytes` of `moov` are read.
@@ -31,8 +32,9 @@ _MAX_DEPTH = 8
 _MAX_BOXES = 4096
 _MAX_TOP_BOXES = 64
 _INT_MAX = 2 ** 31 - 1
-_VIDEO_CODECS = {b"avc1", b"avc3", b"hvc1", b"hev1"}
-_VIDEO_CONFIG = {b"avc1": b"avcC", b"avc3": b"avcC", b"hvc1": b"hvcC", b"hev1": b"hvcC"}
+_VIDEO_CONFIG = {b"avc1": b"avcC", b"avc3": b"avcC", b"hvc1": b"hvcC", b"hev1": b"hvcC",
+                 b"av01": b"av1C", b"vp09": b"vpcC"}     # sample entry: its decoder config box
+_VIDEO_CODECS = set(_VIDEO_CONFIG)
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000,
               7350)
 _SAFE_AAC_RATES = {32000, 44100, 48000}     # lower rates may be HE-AAC cores (decoder doubles them)
@@ -318,7 +320,8 @@ def _aac_config(esds: bytes) -> tuple[int, int]:
     _need(rate in _SAFE_AAC_RATES)
     # nothing after it, or the backward-compatible "no SBR" signal FFmpeg's encoder writes
     # (sync 0x2b7, extension type 5, sbr_present 0); anything else may be HE-AAC: ffprobe
-    _need(end - at == 2 or (end - at == 5 and esds[at + 2:at + 4] == b"\x56\xe5" and not esds[at + 4] & 0x80))
+    _need(end - at == 2 or (end - at == 5 and esds[at + 2:at + 4] == b"\x56\xe5"
+                            and not esds[at + 4] & 0x80))
     return rate, channel_config
 
 

@@ -49,6 +49,10 @@ def files(tmp_path_factory):
     _encode(d / "hevc.mp4", *LAVFI, "2", "-i", "testsrc2=s=320x180:r=25", *LAVFI, "2", "-i",
             "sine=r=48000", "-c:v", "libx265", "-preset", "ultrafast", "-x265-params",
             "log-level=error", "-c:a", "aac")
+    _encode(d / "av1.mp4", *LAVFI, "1", "-i", "testsrc2=s=160x96:r=25", *LAVFI, "1", "-i",
+            "sine=r=48000", "-c:v", "libaom-av1", "-cpu-used", "8", "-crf", "45", "-c:a", "aac")
+    _encode(d / "vp9.mp4", *LAVFI, "1", "-i", "testsrc2=s=160x96:r=25", *LAVFI, "1", "-i",
+            "sine=r=44100", "-c:v", "libvpx-vp9", "-deadline", "realtime", "-c:a", "aac")
     # a stream copy from 1.3 s: edit lists that start inside the media
     ffmpeg("-ss", "1.3", "-i", str(d / "moov_at_end.mp4"), "-c", "copy", str(d / "cut_copy.mp4"))
     # odd ones (ffprobe decides)
@@ -64,7 +68,8 @@ def files(tmp_path_factory):
 
 WELL_FORMED = ["bframes_faststart.mp4", "moov_at_end.mp4", "rotated90.mp4", "rotated270.mp4",
                "mono44k.mp4", "stereo48k.mp4", "video_only.mp4", "audio_only.m4a",
-               "audio_only.mp4", "vfr.mp4", "ntsc.mp4", "hevc.mp4", "cut_copy.mp4"]
+               "audio_only.mp4", "vfr.mp4", "ntsc.mp4", "hevc.mp4", "av1.mp4", "vp9.mp4",
+               "cut_copy.mp4"]
 
 
 def ffprobe_json(path: Path) -> dict:
@@ -93,7 +98,8 @@ def probe_both(path: Path, monkeypatch):
 def test_fast_path_reads_well_formed_files_exactly_as_ffprobe(files, name, monkeypatch):
     fields = mp4_probe.read(files / name, max_moov_bytes=LIMITS.probe_max_bytes)
     assert fields is not None, f"{name} should be read in-process"
-    assert media._parse_probe(fields, PARAMS) == media._parse_probe(ffprobe_json(files / name), PARAMS)
+    expected = media._parse_probe(ffprobe_json(files / name), PARAMS)
+    assert media._parse_probe(fields, PARAMS) == expected
     fast, slow = probe_both(files / name, monkeypatch)
     assert fast == slow and isinstance(fast, media.MediaInfo)
 
@@ -108,8 +114,8 @@ def test_rotation_and_edit_lists_are_what_ffprobe_reports(files):
     assert cut.duration < 2.0 and cut.audio.duration < 2.0   # the edit, not the whole media
 
 
-@pytest.mark.parametrize("name", ["low_rate_aac.mp4", "fragmented.mp4", "clip.mkv", "rotated45.mp4",
-                                  "truncated.mp4"])
+@pytest.mark.parametrize("name", ["low_rate_aac.mp4", "fragmented.mp4", "clip.mkv",
+                                  "rotated45.mp4", "truncated.mp4"])
 def test_odd_files_fall_back_to_ffprobe_with_its_result(files, name, monkeypatch):
     assert mp4_probe.read(files / name, max_moov_bytes=LIMITS.probe_max_bytes) is None
     fast, slow = probe_both(files / name, monkeypatch)
