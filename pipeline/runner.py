@@ -36,6 +36,7 @@ from pipeline.output_files import (check_out, fsync_dir, prepare_out, remove_tem
                                    writing)
 from pipeline.params import params_hash
 from pipeline.plan import Plan, build_plan, load_or_write, read_plan, write_plan
+from pipeline.progress import clip_progress
 from pipeline.run_log import RunLog
 from pipeline.shard_writer import (Reused, ShardWriter, committed_stats, identity,
                                    remove_leftovers, shard_names)
@@ -233,20 +234,18 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
     and leaves the busy ones to the runs holding them; every later round first waits for one of
     those (with no shard of its own open, so two runs never wait for each other), then takes it
     if its holder stopped before committing it, and the other free ones."""
-    from tqdm import tqdm
-
     context = ClipContext(str(cfg.videos), cfg.clip, cfg.limits, plan.meta["params_hash"])
     writers: dict[int, ShardWriter] = {}
     started: dict[int, float] = {}
     todo = {job.shard: job.todo for job in jobs}
     deferred: list[int] = []
     window = max(64, 16 * cfg.workers)     # rows submitted but not yet written (bounds memory)
-    bar = tqdm(total=sum(todo.values()), unit="clip", disable=not cfg.progress,
-               desc=f"shard {plan.split} task {cfg.task_index}/{cfg.num_tasks}", smoothing=0.05)
+    bar = clip_progress(sum(todo.values()), enabled=cfg.progress,
+                        desc=f"shard {plan.split} task {cfg.task_index}/{cfg.num_tasks}")
 
     def waiting(shard: int, holder: str) -> None:
         log.write("wait", shard=shard, holder=holder)
-        tqdm.write(f"avsiam shard: {fmt.shard_stem(plan.split, shard)} is being written by "
+        bar.write(f"avsiam shard: {fmt.shard_stem(plan.split, shard)} is being written by "
                    f"{holder}; waiting for it (redone here if that run stops before committing "
                    f"it)", file=sys.stderr)
 

@@ -41,6 +41,15 @@ def data(tmp_path_factory):
                 out=out, rows=len(summary["clips"]) + 2)
 
 
+def test_progress_off_a_terminal_is_plain_lines(data, tmp_path):
+    """stderr is a pipe here (as a SLURM log file): no redrawn bar, one closing progress line."""
+    args = [a for a in shard_args(data["manifest"], data["labels"], data["videos"], tmp_path / "p",
+                                  workers=1) if a != "--no-progress"]
+    stderr = run_cli(*args).stderr
+    assert "\r" not in stderr
+    assert f"shard train task 0/1: {data['rows']}/{data['rows']} clips (100%)" in stderr, stderr
+
+
 def test_same_bytes_with_one_and_two_workers(data, tmp_path):
     assert cli(shard_args(data["manifest"], data["labels"], data["videos"], tmp_path / "w1",
                           "--samples-per-shard", "3", workers=1)) == 0

@@ -6,8 +6,7 @@ import multiprocessing
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
-from tqdm import tqdm
-
+from pipeline.progress import clip_progress
 from pipeline.synth.classes import make_classes
 from pipeline.synth.clip import VIDEOS_DIR, clip_path, make_clip
 from pipeline.synth.config import SynthConfig, SynthConfigError
@@ -40,7 +39,7 @@ def _remove_temporaries(folder: Path) -> None:
             leftover.unlink(missing_ok=True)
 
 
-def _make_all(config: SynthConfig, todo: list[ClipPlan], bar: tqdm) -> None:
+def _make_all(config: SynthConfig, todo: list[ClipPlan], bar) -> None:
     if config.workers == 1 or len(todo) <= 1:
         for plan in todo:
             make_clip(config, plan)
@@ -77,8 +76,8 @@ def write_dataset(config: SynthConfig, progress: bool = True) -> dict:
     description = synth_json(config, recipes, plans)
     _claim(config, description)
     todo = [plan for plan in plans if not clip_path(config, plan).exists()]
-    with tqdm(total=len(plans), initial=len(plans) - len(todo), desc="avsiam synth", unit="clip",
-              disable=not progress, dynamic_ncols=True) as bar:
+    with clip_progress(len(plans), initial=len(plans) - len(todo), desc="avsiam synth",
+                       enabled=progress) as bar:
         _make_all(config, todo, bar)
     _remove_temporaries(videos)
     _remove_temporaries(out)
