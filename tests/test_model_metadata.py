@@ -143,11 +143,11 @@ def test_a_foreign_vocabulary_is_refused_in_one_line(shards, tmp_path, capsys):
 @pytest.mark.e2e
 def test_resized_frames_are_announced(shards, caplog):
     from trainer.evaluation.inputs import EvalInputs, eval_loader
-    with caplog.at_level(logging.WARNING, logger="trainer.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="trainer.model"):
         eval_loader(EvalInputs(model="m", shards=str(shards)), _model(image_size=48), "middle",
                     with_classes=False)
     assert "32-px frames; the model takes 48 px" in caplog.text
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="trainer.evaluation"):
+    with caplog.at_level(logging.WARNING, logger="trainer.model"):
         eval_loader(EvalInputs(model="m", shards=str(shards)), _model(), "middle", with_classes=False)
     assert "resized" not in caplog.text and "cropped" not in caplog.text

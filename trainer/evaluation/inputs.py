@@ -40,7 +40,7 @@ class EvalInputs:
 
 def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool):
     """The eval-mode loader of the shards, shaped for `model` (fbank length, frame size), with the
-    model's training normalisation unless an option names one (see `shard_fit`).
+    model's training normalisation unless an option names one (see `trainer.model.shard_fit`).
 
     `frames`: "middle", "all" or an index. `with_classes`: labels as multi-hot over the model's
     classes (mapped by label id from the shards' vocabulary; a foreign one is refused); otherwise
@@ -48,7 +48,8 @@ def eval_loader(inputs: EvalInputs, model, frames: str | int, with_classes: bool
     """
     from shards.loader import make_loader
 
-    from .shard_fit import MappedLabels, label_mapping, normalization_options, read_shards_dataset
+    from trainer.model.shard_fit import (MappedLabels, label_mapping, normalization_options,
+                                         read_shards_dataset)
 
     facts = getattr(model, "facts", None)
     options = {"audio_frames": model.config.audio_frames, "image_size": model.config.image_size,

@@ -17,7 +17,7 @@ from trainer.engine.distributed import on_main_rank
 from trainer.engine.export import export_weights
 from trainer.engine.epochs import optimizer_steps_per_epoch
 from trainer.engine.loop import RunKind, RunSummary, TrainingRun, run_training
-from trainer.evaluation.shard_fit import normalization_options, read_shards_dataset
+from trainer.model.shard_fit import normalization_options, read_shards_dataset
 from trainer.model.file_metadata import loader_facts, marker_fields
 
 from .averaging import average_checkpoints

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger("trainer.evaluation")
+log = logging.getLogger("trainer.model")
 
 # A clip whose fbank length differs from the model's audio frames by more than this is called resized.
 AUDIO_LENGTH_TOLERANCE = 0.1
