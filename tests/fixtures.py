@@ -176,3 +176,16 @@ def published_dataset(root: Path) -> dict:
                 headerless=root / "headerless_segments.csv",
                 labels=root / "class_labels_indices.csv",
                 vggsound=root / "vggsound.csv")
+
+
+def tiny_shards(root: Path, *, classes: int = 3, clips: int = 9) -> Path:
+    """`clips` synthetic 2-s clips of `classes` classes, sharded 5 per shard with 2 frames of 32 px
+    (`avsiam synth` then `avsiam shard`, as a user runs them); returns the shard folder."""
+    synth = root / "synth"
+    run_cli("synth", "--out", str(synth), "--clips", str(clips), "--classes", str(classes),
+            "--seconds", "2", "--size", "96x64", "--workers", "2", "--test-fraction", "0")
+    run_cli("shard", "--manifest", str(synth / "balanced_train_segments.csv"),
+            "--labels", str(synth / "class_labels_indices.csv"), "--videos", str(synth / "videos"),
+            "--out", str(root / "shards"), "--num-frames", "2", "--frame-size", "32",
+            "--samples-per-shard", "5", "--workers", "2", "--no-progress")
+    return root / "shards"

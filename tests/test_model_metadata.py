@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from cluster.cli import main as avsiam
+from fixtures import tiny_shards
 from trainer.model import AVSiam
 from trainer.model.file_metadata import ModelFacts
 
@@ -28,14 +29,7 @@ def _cli(*argv: str) -> None:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     """9 synthetic 2-s clips of 3 classes in 2 shards (2 frames of 32 px)."""
-    root = tmp_path_factory.mktemp("metadata_data")
-    _cli("synth", "--out", root / "synth", "--clips", "9", "--classes", str(CLASSES), "--seconds", "2",
-         "--size", "96x64", "--workers", "2", "--test-fraction", "0")
-    _cli("shard", "--manifest", root / "synth" / "balanced_train_segments.csv", "--labels",
-         root / "synth" / "class_labels_indices.csv", "--videos", root / "synth" / "videos",
-         "--out", root / "shards", "--num-frames", "2", "--frame-size", "32", "--samples-per-shard", "5",
-         "--workers", "2", "--no-progress")
-    return root / "shards"
+    return tiny_shards(tmp_path_factory.mktemp("metadata_data"), classes=CLASSES)
 
 
 def _vocabulary(shards: Path) -> dict:

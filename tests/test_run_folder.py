@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from fixtures import tiny_shards
 from trainer.engine.checkpoint import COMPLETE, find_resume_point
 from trainer.engine.checkpoint_files import checkpoint_problem, record_files
 from trainer.engine.metrics import read_jsonl
@@ -34,14 +35,7 @@ def _ok(*argv):
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("run_folder_data")
-    _ok("synth", "--out", root / "synth", "--clips", "9", "--classes", "3", "--seconds", "2",
-        "--size", "96x64", "--workers", "2", "--test-fraction", "0")
-    _ok("shard", "--manifest", root / "synth" / "balanced_train_segments.csv", "--labels",
-        root / "synth" / "class_labels_indices.csv", "--videos", root / "synth" / "videos",
-        "--out", root / "shards", "--num-frames", "2", "--frame-size", "32", "--samples-per-shard", "5",
-        "--workers", "2", "--no-progress")
-    return root / "shards"
+    return tiny_shards(tmp_path_factory.mktemp("run_folder_data"))
 
 
 def _steps(run: Path) -> list[str]:
