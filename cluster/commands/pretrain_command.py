@@ -11,8 +11,6 @@ The config (YAML + overrides) is described in trainer/engine/config.py; README "
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
 from cluster.commands.command_args import add_run_arguments, load_run_config, print_on_main_rank
 
@@ -28,12 +26,6 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_run_config(args, load_config, "pretrain")
     if cfg is not None:                     # None: --print-config
-        from trainer.engine.paper_recipe import missing_weights_message
-        refusal = missing_weights_message(cfg)
-        if refusal:
-            if os.environ.get("RANK", "0") == "0":
-                print(refusal, file=sys.stderr, flush=True)
-            return 2
         from trainer.engine.trainer import train
         summary = train(cfg)
         print_on_main_rank(f"pretrain: {summary.stopped} after step {summary.step}; metrics: "

@@ -48,11 +48,17 @@ def check_loader_options(options: dict[str, Any], *, batch_size: int, num_worker
 
 
 def check_run_start(cfg, command: str) -> None:
-    """Before a run starts: data.train names shards that exist, and the seed is an integer >= 0."""
+    """Before a run starts (and before its folder is touched): the seed is an integer >= 0, a
+    paper-size pretraining names its weights (paper_recipe.py), data.train names shards that exist."""
     from shards.sources import expand_urls
+
+    from .paper_recipe import missing_weights_message
 
     if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or cfg.seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {cfg.seed!r}")
+    refusal = missing_weights_message(cfg, command) if command == "pretrain" else None
+    if refusal:
+        raise ValueError(refusal)
     if not cfg.data.train:
         raise ValueError(f"avsiam {command}: no training shards; set data.train=DIR_OR_URLS "
                          "(e.g. the --out folder of `avsiam shard`)")
