@@ -27,7 +27,8 @@ def demo(tmp_path_factory):
     return {"retrieval": json.loads((run["results"] / "retrieval.json").read_text()),
             "classify": json.loads((run["results"] / "classify.json").read_text()),
             "classes": cfg.classes, "test_keys": _keys(held_out), "train_keys": _keys(shards["train"]),
-            "tsne": cfg.out / "tsne.png"}
+            "tsne": cfg.out / "tsne.png",
+            "losses": demo_stages.last_losses(run["pretrain"] / "metrics.jsonl")}
 
 
 def _keys(folder) -> set[str]:
@@ -49,6 +50,10 @@ def test_pretrained_audio_retrieves_visuals_of_its_class(demo):
     assert ret["num_classes"] == demo["classes"]
     assert ret["chance_class_r1"] < 0.5
     assert ret["summary"]["retrieval_a2v_class_r1"] >= MIN_A2V_CLASS_R1, ret["results"]
+
+
+def test_pretraining_logged_both_avsiam_losses(demo):
+    assert demo["losses"]["loss/contrastive"] > 0 and demo["losses"]["loss/reconstruction"] > 0
 
 
 def test_finetuned_audio_visual_map(demo):

@@ -24,3 +24,11 @@ def test_summary_keys_say_their_level_and_carry_the_last_losses(tmp_path, capsys
     assert summary["pretrain_loss_reconstruction"] == 0.75 and summary["pretrain_loss_contrastive"] == 1.0
     capsys.readouterr()
 
+
+
+def test_the_demo_pretrains_with_the_avsiam_objective():
+    """Reconstruction and multi-ratio masking stay on in the demo's pretraining."""
+    from trainer.engine.config import load_config
+    cfg = load_config("tiny_cpu", ["data.train=x", *demo.DEMO_PRETRAIN])
+    assert cfg.objective.reconstruction_weight > 0 and cfg.objective.contrastive_weight > 0
+    assert len(cfg.objective.mask_ratios) > 1 and max(cfg.objective.mask_ratios) > 0
