@@ -229,3 +229,22 @@ def test_shards_are_the_same_bytes_with_the_fast_path_and_with_ffprobe(files, tm
     assert a == b and any(name.endswith(".tar") for name in a)
     summary = json.loads((fast / "dataset.json").read_text())
     assert summary["counts"]["ok"] == len(names)
+
+
+def test_corrupted_header_bytes_never_raise_only_fall_back(files, tmp_path):
+    """Any byte of a real moov overwritten (sizes, counts, descriptors): the in-process read gives a
+    result or None (ffprobe decides), never an exception that would fail the clip as a crash."""
+    import random
+
+    data = (files / "mono44k.mp4").read_bytes()
+    at = _find(data, [b"moov"])
+    moov_size = struct.unpack_from(">I", data, at)[0]
+    rng = random.Random(0)
+    bad = tmp_path / "corrupt.mp4"
+    for _ in range(400):
+        corrupt = bytearray(data)
+        for _ in range(rng.randint(1, 3)):
+            corrupt[at + 8 + rng.randrange(moov_size - 8)] = rng.randrange(256)
+        bad.write_bytes(bytes(corrupt))
+        result = mp4_probe.read(bad, max_moov_bytes=LIMITS.probe_max_bytes)
+        assert result is None or isinstance(result, dict)
