@@ -182,3 +182,26 @@ def test_overwrite_wipes_every_output_of_the_old_run_and_nothing_else(tmp_path):
     wipe_run(out, out / "checkpoints")
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "notes.txt"]
     assert list((out / "checkpoints").iterdir()) == []
+
+
+def test_a_second_run_on_a_folder_in_use_stops_in_one_line(shards, tmp_path):
+    """Another process holds the run's lock (as a running job does): a second run into the same
+    folder is refused before it reads or writes anything there; once the holder is gone it starts."""
+    import fcntl
+    import os
+
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = os.open(run / "run.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(holder, b"node7 pid 4242\n")
+    try:
+        proc = _avsiam("pretrain", *BASE, f"data.train={shards}", "max_steps=2", "--out", run)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and "in use by another run (node7 pid 4242)" in lines[0]
+        assert "--out" in lines[0] and sorted(p.name for p in run.iterdir()) == ["run.lock"]
+    finally:
+        os.close(holder)
+    _ok("pretrain", *BASE, f"data.train={shards}", "max_steps=2", "--out", run)
+    assert _steps(run) == ["step_00000002"]

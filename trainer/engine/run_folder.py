@@ -10,7 +10,8 @@ or engine exists):
 - rank 0 then writes `config.yaml` (the resolved config: `--config RUN/config.yaml` runs it again),
   appends one record per (re)start to `run.json` (command line, git commit and dirty flag, versions,
   host names, world size, start time, the checkpoint and step it resumed from) and opens `train.log`
-  (run_log.py), where "resumed from step N (path)" is the first line of a resumed start.
+  (run_log.py), where "resumed from step N (path)" is the first line of a resumed start;
+- one run at a time: rank 0 holds OUT/run.lock from before the checks to the end (run_lock.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint_files import COMPLETE
+from .run_lock import hold_run_lock
 
 log = logging.getLogger("trainer.engine")
 
@@ -76,11 +78,13 @@ def open_run_folder(cfg, command: str, argv: list[str], overwrite: bool = False)
     from .distributed import detect_env
     from .run_log import log_line, open_run_log
 
-    check_rerun(cfg, command, overwrite)
     env = detect_env()
+    out = Path(cfg.out_dir)
+    if env.rank == 0:
+        hold_run_lock(out, command)          # before the folder is read: one run at a time
+    check_rerun(cfg, command, overwrite)
     if env.rank != 0:
         return
-    out = Path(cfg.out_dir)
     if overwrite:
         wipe_run(out, Path(cfg.checkpoint_dir))
     out.mkdir(parents=True, exist_ok=True)
