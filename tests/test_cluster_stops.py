@@ -23,7 +23,7 @@ from tests.test_cluster_jobs import _avsiam, _require, _shard_args
 
 pytestmark = [pytest.mark.slurm, pytest.mark.multiproc]
 
-STEPS = 8
+STEPS = 20             # long enough that a preemption lands before the last step
 JOB_TIMEOUT_S = 480
 GRACE_S = 120          # what a preempted job gets between SIGTERM and SIGKILL
 
@@ -171,7 +171,7 @@ def test_preemption_by_a_high_priority_job_requeues_and_resumes_exactly(cluster,
     assert "pretrain: SIGTERM after step" in text
     assert "Killed" not in text and "SignalException" not in text and "Traceback" not in text
     resumed = text.split("(restart 1)", 1)[1]
-    assert "pretrain: finished after step 8" in resumed
+    assert f"pretrain: finished after step {STEPS}" in resumed
     # the resumed run names the step and the checkpoint it resumed from
     found = re.search(r"pretrain: resumed from step (\d+) \(([^)]*)\)", resumed)
     assert found and found.group(2).endswith(f"step_{int(found.group(1)):08d}"), resumed[:3000]
