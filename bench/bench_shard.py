@@ -78,7 +78,8 @@ def _cpu(who) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def run_ours(clips: list[Path], workers: int, out: Path) -> tuple[float, float]:
+def run_ours(clips: list[Path], workers: int, out: Path,
+             decode_batch: int = 4) -> tuple[float, float]:
     from pipeline.config import ShardConfig
     from pipeline.plan import PlanParams
     from pipeline.runner import run
@@ -88,7 +89,8 @@ def run_ours(clips: list[Path], workers: int, out: Path) -> tuple[float, float]:
     manifest = out.parent / "bench_manifest.csv"
     manifest.write_text("id,path\n" + "".join(f"{c.stem},{c}\n" for c in clips))
     cfg = ShardConfig(out=out, videos=clips[0].parent, manifest=manifest, workers=workers,
-                      plan=PlanParams(samples_per_shard=max(len(clips) // 4, 1)), progress=False)
+                      plan=PlanParams(samples_per_shard=max(len(clips) // 4, 1)), progress=False,
+                      decode_batch=decode_batch)
     began, cpu = time.perf_counter(), _cpu(resource.RUSAGE_SELF)
     summary = run(cfg)
     elapsed = time.perf_counter() - began
@@ -189,6 +191,7 @@ def main() -> None:
         out = args.work / "out" / corpus
         table = {"ours_w1": (1, lambda c=clips, o=out: run_ours(c, 1, o)),
                  "ours_w2": (2, lambda c=clips, o=out: run_ours(c, 2, o)),
+                 "ours_w1_b1": (1, lambda c=clips, o=out: run_ours(c, 1, o, decode_batch=1)),
                  "floor_p1": (1, lambda c=commands: run_parallel(c, 1)),
                  "floor_p2": (2, lambda c=commands: run_parallel(c, 2)),
                  "cavmae_p1": (1, lambda c=clips, w=args.work / "cavmae": run_cavmae(c, w))}

@@ -32,6 +32,8 @@ _SAMPLE_S = 0.05  # how often the child's peak RSS is read
 _PRLIMIT = shutil.which("prlimit")
 _SETPRIV = shutil.which("setpriv")
 _PR_SET_PDEATHSIG = 1
+_PIPE_MAX = 1 << 18
+_PIPE_BUDGET = 3 << 18
 FORKSERVER_PARENT_ENV = "AVSIAM_FORKSERVER_PARENT"
 """Set by the sharding worker pool to its pid for `pipeline.forkserver_guard`."""
 _death_prefix: list[str] | None = None
@@ -72,13 +74,14 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _grow_pipe(fd: int, expected: int) -> None:
-    """Let the pipe hold up to 256 KiB (Linux), so the child rarely waits for us to read: fewer
-    context switches, and no stalls when the machine is busy. Not more: pipe buffers count against
-    the user's pipe-user-pages-soft (64 MiB by default), and past it Linux gives every new pipe of
-    the user, DataLoader's included, a single page; at 2 pipes x 256 KiB a node holds ~128 workers."""
+def _grow_pipe(fd: int, expected: int, cap: int = _PIPE_MAX) -> None:
+    """Let the pipe hold up to `cap` (256 KiB at most; Linux), so the child rarely waits for us to
+    read: fewer context switches, and no stalls when the machine is busy. Not more: pipe buffers
+    count against the user's pipe-user-pages-soft (64 MiB by default), and past it Linux gives
+    every new pipe of the user, DataLoader's included, a single page; a child's pipes together get
+    at most `_PIPE_BUDGET` (768 KiB: a node holds ~80 workers)."""
     try:
-        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(expected, 65536), 1 << 18))
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, min(max(expected, 65536), cap))
     except (AttributeError, OSError):
         pass
 
@@ -130,11 +133,12 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
     pipe. Raises ProcessTimeout or OutputLimitExceeded (after killing the child).
     """
     extra = {}
+    cap = min(_PIPE_MAX, _PIPE_BUDGET // max(1, len(outputs)))
     try:
         for name in outputs:
             if name != STDOUT:
                 extra[name] = os.pipe()
-                _grow_pipe(extra[name][0], outputs[name])
+                _grow_pipe(extra[name][0], outputs[name], cap)
         urls = {name: "pipe:1" if name == STDOUT else f"pipe:{extra[name][1]}" for name in outputs}
         death = _parent_death_prefix()
         command = death + _with_memory_limit(build_command(urls), memory_mb)
@@ -144,7 +148,7 @@ def run_bounded(build_command: Callable[[Mapping[str, str]], list[str]], *,
             stderr=subprocess.PIPE, pass_fds=tuple(w for _, w in extra.values()),
             preexec_fn=None if death else functools.partial(die_with_parent, os.getpid()))
         if proc.stdout is not None:
-            _grow_pipe(proc.stdout.fileno(), outputs[STDOUT])
+            _grow_pipe(proc.stdout.fileno(), outputs[STDOUT], cap)
     finally:
         for _, w in extra.values():
             os.close(w)

@@ -11,8 +11,10 @@ import json
 import os
 import stat
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -26,6 +28,8 @@ from shards import format as fmt
 # that dead workers are replaced, their rows recorded and their children killed.
 FAULT_EXIT_ENV = "AVSIAM_TEST_EXIT_ON_SOURCE_ID"
 FAULT_CHILD = ("sleep", "86.86")
+FAULT_HANG_ENV = "AVSIAM_TEST_HANG_ON_SOURCE_ID"
+"""Test-only, like FAULT_EXIT_ENV: the worker given this source id hangs (past any time limit)."""
 
 
 @dataclass(frozen=True)
@@ -77,20 +81,50 @@ def failed(task: ClipTask, reason: str, path: str | None = None, *,
 
 def process_clip(task: ClipTask, ctx: ClipContext) -> ClipResult:
     """Make the sample of `task`; bad input gives a failed result, never an exception."""
-    if os.environ.get(FAULT_EXIT_ENV) == task.source_id:
-        subprocess.Popen(FAULT_CHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        os._exit(86)
-    path = None
-    try:
-        resolved = resolve_path(task, ctx.videos_dir)
-        path = _display_path(resolved, ctx.videos_dir)
-        return _make_sample(task, ctx, resolved, path)
-    except window_mod.WindowError as exc:
+    return next(process_clips([task], ctx))
+
+
+def process_clips(tasks: list[ClipTask], ctx: ClipContext) -> Iterator[ClipResult]:
+    """The samples of `tasks`, in order, their windows decoded by one ffmpeg run
+    (`media.decode_windows`, which falls back to one run per clip when that run fails); bad input
+    gives a failed result for its row only, never an exception."""
+    prepared: list[_Prepared | ClipResult] = []
+    for task in tasks:
+        if os.environ.get(FAULT_EXIT_ENV) == task.source_id:
+            subprocess.Popen(FAULT_CHILD, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            os._exit(86)
+        if os.environ.get(FAULT_HANG_ENV) == task.source_id:
+            time.sleep(3600)
+        shown = None
+        try:
+            resolved = resolve_path(task, ctx.videos_dir)
+            shown = _display_path(resolved, ctx.videos_dir)
+            prepared.append(_prepare(task, ctx, resolved, shown))
+        except Exception as exc:
+            prepared.append(_failure(task, exc, shown))
+    requests = [one.request for one in prepared if isinstance(one, _Prepared)]
+    decoded = iter(media.decode_windows(requests, ctx.params, ctx.limits))
+    for task, one in zip(tasks, prepared):
+        if isinstance(one, ClipResult):
+            yield one
+            continue
+        try:
+            result = next(decoded)
+            if isinstance(result, Exception):
+                raise result
+            yield _make_sample(task, ctx, one, result)
+        except Exception as exc:
+            yield _failure(task, exc, one.shown)
+
+
+def _failure(task: ClipTask, exc: Exception, path: str | None) -> ClipResult:
+    """The failed result of a row whose sample raised `exc`."""
+    if isinstance(exc, window_mod.WindowError):
         return failed(task, exc.reason, path, coverage=exc.coverage, window_source=exc.source)
-    except errors.ClipError as exc:
+    if isinstance(exc, errors.ClipError):
         return failed(task, exc.reason, path)
-    except Exception as exc:  # a bug or an unforeseen input: record it, keep the job alive
-        return failed(task, f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}"[:500], path)
+    # a bug or an unforeseen input: record it, keep the job alive
+    return failed(task, f"{errors.INTERNAL_ERROR}: {type(exc).__name__}: {exc}"[:500], path)
 
 
 def resolve_path(task: ClipTask, videos_dir: str) -> Path:
@@ -145,7 +179,18 @@ def _display_path(path: Path, videos_dir: str) -> str:
         return str(path)
 
 
-def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> ClipResult:
+@dataclass(frozen=True)
+class _Prepared:
+    """A row whose file is found and probed and whose window is chosen: what to decode."""
+
+    shown: str
+    info: media.MediaInfo
+    window: window_mod.Window
+    indices: list[int]
+    request: media.DecodeRequest
+
+
+def _prepare(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> _Prepared:
     params = ctx.params
     try:
         info = media.probe(path, params, ctx.limits)
@@ -169,11 +214,17 @@ def _make_sample(task: ClipTask, ctx: ClipContext, path: Path, shown: str) -> Cl
                                        info.video.nb_frames if whole else None)
         indices = frames_mod.frame_indices(total, params.num_frames, params.frame_sampling,
                                            task.key)
-    asked = sorted(set(indices))
-    decoded = media.decode_window(path, info, start=start, seconds=seconds, frame_indices=asked,
+    request = media.DecodeRequest(path, info, start, seconds, tuple(sorted(set(indices))),
                                   want_audio=info.audio is not None,
-                                  want_video=info.video is not None, params=params,
-                                  limits=ctx.limits)
+                                  want_video=info.video is not None)
+    return _Prepared(shown, info, window, indices, request)
+
+
+def _make_sample(task: ClipTask, ctx: ClipContext, prepared: _Prepared,
+                 decoded: media.Decoded) -> ClipResult:
+    params, info, window, shown = ctx.params, prepared.info, prepared.window, prepared.shown
+    indices, asked = prepared.indices, list(prepared.request.frame_indices)
+    start, seconds = window.start, window.seconds
     audio_s, video_s = window_mod.decoded_extents(window, decoded, asked,
                                                   info.video.fps if info.video else 0.0, shown)
     has_audio = decoded.audio is not None and len(decoded.audio) // 2 >= fbank_mod.MIN_SAMPLES

@@ -48,6 +48,9 @@ class ShardConfig:
     progress: bool = True
     recycle_after: int = 1000
     """Replace each worker after this many clips (contains leaks)."""
+    decode_batch: int = 4
+    """Rows a worker decodes with one ffmpeg process (1: one process per row); the shards are the
+    same bytes whatever the value."""
 
     def __post_init__(self) -> None:
         self.out, self.videos = Path(self.out), Path(self.videos)
@@ -57,6 +60,8 @@ class ShardConfig:
             raise ConfigError(f"--manifest-format must be one of {', '.join(KINDS)}")
         if self.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {self.workers}")
+        if self.decode_batch < 1:
+            raise ConfigError(f"--decode-batch must be >= 1, got {self.decode_batch}")
         self.task_index, self.num_tasks = resolve_task(self.task_index, self.num_tasks)
 
     @property

@@ -16,6 +16,11 @@ skipped. The stored frame is then the nearest reference frame, which in a B-pyra
 default) is within one frame period of the target. If any target's nearest decoded frame is
 farther than that (B-frames without a pyramid, a gap of a variable-rate stream), the frames are
 decoded again without skipping, so a stored frame is the nearest frame the stream has.
+
+Frames after the last target's candidates are not needed: when the audio is decoded too (and so
+reads the window to its end), the video is decoded only up to `video_end`, ~2 periods past the
+last target (with CAV-MAE's indices, int(9 * total / 10) is the last: ~10% of the window is not
+decoded). A target left without a frame by that cut or by skipping is decoded again in full.
 """
 from __future__ import annotations
 
@@ -36,6 +41,13 @@ def may_skip(indices: list[int]) -> bool:
 def targets(indices: list[int], fps: float) -> list[float]:
     """Presentation times (s from the window start) of the wanted indices at `fps`."""
     return [i / fps for i in indices]
+
+
+def video_end(times: list[float], period: float, seconds: float) -> float:
+    """How far (s from the window start) the video must be decoded for the targets `times`: one
+    reach past the last target's candidates (a frame there only matters when the stream has a gap
+    around the target, which the caller then decodes again in full), at most the window."""
+    return min(seconds, times[-1] + 2 * REACH * period) if times else seconds
 
 
 def _intervals(times: list[float], reach: float) -> list[tuple[float, float]]:

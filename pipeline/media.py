@@ -1,13 +1,17 @@
-"""The one ffmpeg wrapper: probe a file (decodes nothing), then decode a clip window in ONE process.
+"""The one ffmpeg wrapper: probe a file (decodes nothing), then decode clip windows, several
+clips in ONE process.
 
-`probe` reads a plain MP4's header in-process (`pipeline.mp4_probe`), else runs ffprobe, and checks what the file claims (streams, dimensions, duration) against the
-limits before anything is decoded. `decode_window` builds one ffmpeg command with ffmpeg-python that
-seeks to the window (-ss/-t on the input) and writes its outputs at once: the window's audio
-(16 kHz, `-ac 1` downmix, s16le) on one pipe, the candidate frames of the stored indices
-(`pipeline.frame_select`: non-reference frames left undecoded where the indices are far apart),
-already resized inside the filter graph, as rgb24 on stdout, and their presentation times on a
-third pipe. Every call is bounded in
-time, output bytes and memory (`pipeline.bounded_process`); failures raise `ClipError` with a code.
+`probe` reads a plain MP4's header in-process (`pipeline.mp4_probe`), else runs ffprobe, and
+checks what the file claims (streams, dimensions, duration) against the limits before anything is
+decoded. `decode_windows` builds one ffmpeg command with ffmpeg-python for a few clips side by
+side (one process start-up for all of them) that seeks each to its window (-ss/-t on the input)
+and writes each clip's outputs on pipes of its own: the window's audio (16 kHz, `-ac 1` downmix,
+s16le), the candidate frames of the stored indices (`pipeline.frame_select`: non-reference frames
+left undecoded where the indices are far apart, and, with audio, the video decoded only to just
+past the last index), already resized inside the filter graph, as rgb24, and their presentation
+times. Every call is bounded in time, output bytes and memory (`pipeline.bounded_process`); a run
+of several clips that fails or prints anything is redone clip by clip, so failures (`ClipError`
+with a code) and messages are always the clip's own.
 
 Every call reads only the file it is given: its input may use only the `file` protocol and one of
 the media demuxers in `DEMUXERS` (outputs only `pipe`), so a playlist named like a video (HLS,
@@ -39,6 +43,7 @@ _REFUSED = re.compile(r"\[(\w+) @ [^]]*\] Format not on whitelist|"
 FALLBACK_FPS = 25.0
 _MAX_SANE_FPS = 240.0
 _AUDIO = "audio"
+_VIDEO = "video"
 _TIMES = "times"
 _TIMES_LINE_BYTES = 96      # one framecrc line ("0, dts, pts, duration, size, crc") at most
 
@@ -215,34 +220,119 @@ def _resize(stream, params: ClipParams):
     return stream.filter("scale", short[0], short[1], flags="bicubic").filter("crop", size, size)
 
 
-def decode_command(path: Path, info: MediaInfo, *, start: float, seconds: float,
-                   targets: list[float], skip_nonref: bool, params: ClipParams,
-                   limits: MediaLimits, video_url: str | None, times_url: str | None,
-                   audio_url: str | None) -> list[str]:
-    """The one ffmpeg command of a clip: seek to the window on the input; frames (when video_url)
-    near the `targets` (s from the window start) passed by `select` (non-reference frames not
-    decoded when `skip_nonref`), resized in the filter graph, as rgb24, with their presentation
-    times as framecrc lines on times_url; audio (when audio_url) downmixed to mono 16 kHz s16le."""
-    input_args = {"t": f"{seconds:.6f}", "threads": limits.ffmpeg_threads}
-    if start > 0:
-        input_args["ss"] = f"{start:.6f}"
-    if video_url is not None and skip_nonref:
-        input_args["skip_frame:v"] = "noref"
-    source = ffmpeg.input(_input_url(path), **INPUT_GUARD, **input_args)
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One clip's window to decode: [start, start+seconds) of `path`, its audio (when
+    `want_audio`) and the frames nearest to `frame_indices` (sorted, unique, counted at the
+    stream's fps from the window start; when `want_video`)."""
+
+    path: Path
+    info: MediaInfo
+    start: float
+    seconds: float
+    frame_indices: tuple[int, ...] = ()
+    want_audio: bool = True
+    want_video: bool = True
+
+    @property
+    def decodes_video(self) -> bool:
+        return self.want_video and bool(self.frame_indices)
+
+    def first_pass(self) -> "_Pass":
+        """Its part of the first ffmpeg run: non-reference frames skipped where the indices are
+        far apart, and, when the audio is decoded too, the video only up to just past the last
+        target (the audio reads the window to its end, so a cut-off file is still noticed)."""
+        if not self.decodes_video:
+            return _Pass(self, audio=self.want_audio)
+        targets = tuple(frame_select.targets(list(self.frame_indices), self.info.video.fps))
+        video_seconds = self.seconds
+        if self.want_audio:
+            video_seconds = frame_select.video_end(list(targets), 1.0 / self.info.video.fps,
+                                                   self.seconds)
+        return _Pass(self, self.want_audio, targets, frame_select.may_skip(list(self.frame_indices)),
+                     video_seconds)
+
+    def second_pass(self) -> "_Pass":
+        """The video again, every frame of the window decoded (when the first pass left a target
+        without a frame within one period)."""
+        targets = tuple(frame_select.targets(list(self.frame_indices), self.info.video.fps))
+        return _Pass(self, audio=False, targets=targets, video_seconds=self.seconds)
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One clip's part of an ffmpeg run: its audio, and the candidates of `targets` decoded up to
+    `video_seconds` from the window start (non-reference frames skipped when `skip_nonref`)."""
+
+    request: DecodeRequest
+    audio: bool
+    targets: tuple[float, ...] = ()
+    skip_nonref: bool = False
+    video_seconds: float = 0.0
+
+    @property
+    def video(self) -> bool:
+        return bool(self.targets)
+
+    @property
+    def cut(self) -> bool:
+        """The video stops before the window's end."""
+        return self.video and self.video_seconds < self.request.seconds
+
+    def outputs(self, frame_bytes: int) -> dict[str, int]:
+        """Its outputs (names) and their byte limits."""
+        outputs: dict[str, int] = {}
+        if self.audio:
+            outputs[_AUDIO] = audio_limit_bytes(self.request.seconds)
+        if self.video:
+            period = 1.0 / self.request.info.video.fps
+            most = frame_select.most_candidates(list(self.targets), period, _MAX_SANE_FPS)
+            outputs[_VIDEO] = most * frame_bytes
+            outputs[_TIMES] = most * _TIMES_LINE_BYTES + 4096
+        return outputs
+
+    def nodes(self, params: ClipParams, limits: MediaLimits, urls: dict[str, str]) -> list:
+        """Its ffmpeg-python output nodes: the input seeked to the window (opened a second time,
+        for the audio, when the video is cut), frames near the targets passed by `select`,
+        resized in the filter graph, as rgb24 with their presentation times as framecrc lines;
+        audio downmixed to mono 16 kHz s16le."""
+        request = self.request
+        common = {"threads": limits.ffmpeg_threads}
+        if request.start > 0:
+            common["ss"] = f"{request.start:.6f}"
+        url = _input_url(request.path)
+        video_args = {"t": f"{self.video_seconds if self.video else request.seconds:.6f}"}
+        if self.video and self.skip_nonref:
+            video_args["skip_frame:v"] = "noref"
+        source = ffmpeg.input(url, **INPUT_GUARD, **common, **video_args)
+        nodes = []
+        if self.video:
+            chosen = frame_select.expression(list(self.targets), 1.0 / request.info.video.fps)
+            video = _resize(source[str(request.info.video.index)].filter("select", chosen),
+                            params).split()
+            nodes.append(ffmpeg.output(video[0], urls[_VIDEO], format="rawvideo", pix_fmt="rgb24",
+                                       vsync="passthrough", threads=1, flush_packets=0,
+                                       **OUTPUT_GUARD))
+            nodes.append(ffmpeg.output(video[1], urls[_TIMES], format="framecrc",
+                                       vsync="passthrough", enc_time_base=-1, threads=1,
+                                       **OUTPUT_GUARD))
+        if self.audio:
+            if self.cut:
+                source = ffmpeg.input(url, **INPUT_GUARD, **common, t=f"{request.seconds:.6f}")
+            # flush_packets 0: 32 KB writes instead of one per audio packet (fewer wake-ups)
+            nodes.append(ffmpeg.output(source[str(request.info.audio.index)], urls[_AUDIO],
+                                       format="s16le", acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE,
+                                       flush_packets=0, **OUTPUT_GUARD))
+        return nodes
+
+
+def decode_command(passes: list[_Pass], params: ClipParams, limits: MediaLimits,
+                   urls: list[dict[str, str]]) -> list[str]:
+    """The one ffmpeg command of `passes` (one per clip; `urls[k]` maps the outputs of pass k to
+    their pipes): every clip's inputs, filter chains and outputs side by side."""
     nodes = []
-    if video_url is not None:
-        chosen = frame_select.expression(targets, 1.0 / info.video.fps)
-        video = _resize(source[str(info.video.index)].filter("select", chosen), params).split()
-        nodes.append(ffmpeg.output(video[0], video_url, format="rawvideo", pix_fmt="rgb24",
-                                   vsync="passthrough", threads=1, flush_packets=0,
-                                   **OUTPUT_GUARD))
-        nodes.append(ffmpeg.output(video[1], times_url, format="framecrc", vsync="passthrough",
-                                   enc_time_base=-1, threads=1, **OUTPUT_GUARD))
-    if audio_url is not None:
-        # flush_packets 0: 32 KB writes instead of one per audio packet (fewer wake-ups)
-        nodes.append(ffmpeg.output(source[str(info.audio.index)], audio_url, format="s16le",
-                                   acodec="pcm_s16le", ac=1, ar=SAMPLE_RATE, flush_packets=0,
-                                   **OUTPUT_GUARD))
+    for one, its_urls in zip(passes, urls):
+        nodes += one.nodes(params, limits, its_urls)
     command = ffmpeg.merge_outputs(*nodes).compile()
     command[1:1] = ["-nostdin", "-hide_banner", "-loglevel", "error"]
     if limits.ffmpeg_threads > 0:
@@ -259,27 +349,79 @@ def audio_limit_bytes(seconds: float) -> int:
 def decode_window(path: Path, info: MediaInfo, *, start: float, seconds: float,
                   frame_indices: list[int], want_audio: bool, want_video: bool,
                   params: ClipParams, limits: MediaLimits) -> Decoded:
-    """Decode [start, start+seconds): mono 16 kHz audio and, for each of `frame_indices` (sorted,
-    unique, counted at the stream's fps from the window start), the decoded frame nearest to
-    index / fps with its presentation time (`pipeline.frame_select`). One ffmpeg process; a
-    second, video only, when skipping non-reference frames left a target without a frame within
-    one period."""
-    want_video = want_video and bool(frame_indices)
-    skip = want_video and frame_select.may_skip(frame_indices)
-    first = _decode_once(path, info, start=start, seconds=seconds, frame_indices=frame_indices,
-                         want_audio=want_audio, want_video=want_video, skip_nonref=skip,
-                         params=params, limits=limits)
-    if not want_video:
+    """`decode_windows` of one clip; its failure raised (a ClipError for bad input)."""
+    request = DecodeRequest(path, info, start, seconds, tuple(frame_indices), want_audio,
+                            want_video)
+    result = decode_windows([request], params, limits)[0]
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def decode_windows(requests: list[DecodeRequest], params: ClipParams,
+                   limits: MediaLimits) -> list[Decoded | Exception]:
+    """Decode each request: mono 16 kHz audio and, for each frame index, the decoded frame nearest
+    to index / fps with its presentation time (`pipeline.frame_select`).
+
+    Several requests share ONE ffmpeg process (one start-up instead of several: ~0.07 CPU s each
+    for Debian's ffmpeg), bounded by the same time and memory limits as a single clip, each output
+    on its own pipe with its own byte limit. If that run fails in any way or prints anything, each
+    clip is decoded again on its own, so a failure or a message is always the clip's own and a
+    good clip never fails with a bad one. A clip whose first pass left a target without a frame
+    within one period (non-reference frames skipped, or the video cut after the last target) is
+    decoded again, video only, every frame of the window."""
+    size = params.frame_size
+    results: list[Decoded | Exception | None] = [None] * len(requests)
+    together = _distinct_inputs(requests)
+    if len(together) > 1:
+        try:
+            firsts = _run_passes([requests[i].first_pass() for i in together], params, limits)
+        except Exception:               # whatever went wrong, each clip alone will say
+            firsts = []
+        if firsts and not any(first.stderr for first in firsts):
+            for i, first in zip(together, firsts):
+                results[i] = first
+    for i, request in enumerate(requests):
+        try:
+            if not (request.want_audio or request.decodes_video):
+                results[i] = Decoded(audio=None, frames=[], ffmpeg_max_rss_kb=0)
+                continue
+            first = results[i] or _run_passes([request.first_pass()], params, limits)[0]
+            results[i] = _finish(request, first, params, limits)
+        except Exception as exc:        # a ClipError, or a bug: the clip's own result either way
+            results[i] = exc
+    return results
+
+
+def _distinct_inputs(requests: list[DecodeRequest]) -> list[int]:
+    """Positions of the requests that can share a run: the first of each (file, window) (the same
+    input twice would be one ffmpeg-python node) and only ones that decode something."""
+    seen, keep = set(), []
+    for i, request in enumerate(requests):
+        key = (str(request.path), request.start, request.seconds)
+        if key not in seen and (request.want_audio or request.decodes_video):
+            seen.add(key)
+            keep.append(i)
+    return keep
+
+
+def _finish(request: DecodeRequest, first: Decoded, params: ClipParams,
+            limits: MediaLimits) -> Decoded:
+    """The stored frames of `request` from its first pass (a second pass when it left a target
+    without a frame within one period)."""
+    if not request.decodes_video:
         return first
-    rss, stderr = first.ffmpeg_max_rss_kb, first.stderr
-    frames, times, close = _pick(first, frame_indices, info.video.fps)
-    if skip and not close:
-        again = _decode_once(path, info, start=start, seconds=seconds,
-                             frame_indices=frame_indices, want_audio=False, want_video=True,
-                             skip_nonref=False, params=params, limits=limits)
-        frames, times, _ = _pick(again, frame_indices, info.video.fps)
-        rss, stderr = max(rss, again.ffmpeg_max_rss_kb), stderr + "\n" + again.stderr
-    return Decoded(first.audio, frames, rss, stderr, times)
+    fps = request.info.video.fps
+    frames, times, close = _pick(first, list(request.frame_indices), fps)
+    one = request.first_pass()
+    if (one.cut or one.skip_nonref) and len(frames) < len(request.frame_indices):
+        close = False       # the cut or a skipped frame, not the stream's end, may have left them
+    if close:
+        return Decoded(first.audio, frames, first.ffmpeg_max_rss_kb, first.stderr, times)
+    again = _run_passes([request.second_pass()], params, limits)[0]
+    frames, times, _ = _pick(again, list(request.frame_indices), fps)
+    return Decoded(first.audio, frames, max(first.ffmpeg_max_rss_kb, again.ffmpeg_max_rss_kb),
+                   first.stderr + "\n" + again.stderr, times)
 
 
 def _pick(decoded: Decoded, frame_indices: list[int], fps: float):
@@ -288,38 +430,39 @@ def _pick(decoded: Decoded, frame_indices: list[int], fps: float):
     return ([decoded.frames[j] for j in chosen], [decoded.frame_times[j] for j in chosen], close)
 
 
-def _decode_once(path: Path, info: MediaInfo, *, start: float, seconds: float,
-                 frame_indices: list[int], want_audio: bool, want_video: bool, skip_nonref: bool,
-                 params: ClipParams, limits: MediaLimits) -> Decoded:
-    """One bounded ffmpeg run; its video frames are all candidates, with their times."""
-    size = params.frame_size
-    outputs: dict[str, int] = {}
-    targets: list[float] = []
-    if want_audio:
-        outputs[_AUDIO] = audio_limit_bytes(seconds)
-    if want_video:
-        targets = frame_select.targets(frame_indices, info.video.fps)
-        most = frame_select.most_candidates(targets, 1.0 / info.video.fps, _MAX_SANE_FPS)
-        outputs[STDOUT] = most * size * size * 3
-        outputs[_TIMES] = most * _TIMES_LINE_BYTES + 4096
+def _output_name(k: int, name: str) -> str:
+    """The pipe of output `name` of the k-th clip of a run, as limit messages name it."""
+    return name if k == 0 else f"{name} of clip {k + 1}"
+
+
+def _run_passes(passes: list[_Pass], params: ClipParams, limits: MediaLimits) -> list[Decoded]:
+    """One bounded ffmpeg run of `passes`; each clip's video frames are all candidates, with
+    their times. The run's peak memory and messages are given to every clip."""
+    frame_bytes = params.frame_size * params.frame_size * 3
+    outputs = {_output_name(k, name): limit for k, one in enumerate(passes)
+               for name, limit in one.outputs(frame_bytes).items()}
+    longest = max(one.request.seconds for one in passes)
 
     def build(urls: dict[str, str]) -> list[str]:
-        return decode_command(path, info, start=start, seconds=seconds, targets=targets,
-                              skip_nonref=skip_nonref, params=params, limits=limits,
-                              video_url=urls.get(STDOUT), times_url=urls.get(_TIMES),
-                              audio_url=urls.get(_AUDIO))
+        return decode_command(passes, params, limits,
+                              [{name: urls[_output_name(k, name)] for name in
+                                one.outputs(frame_bytes)} for k, one in enumerate(passes)])
 
-    result = _run_tool("ffmpeg", build, outputs=outputs, timeout_s=limits.decode_timeout_s,
-                       limits=limits, failure=errors.DECODE_FAILED,
-                       timeout_hint=f"decode of {seconds:g} s window")
-    raw = result.outputs.get(STDOUT, b"")
-    frame_bytes = size * size * 3
-    frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
-    times = frame_select.parse_framecrc(result.outputs.get(_TIMES, b"").decode("ascii", "replace"))
-    if len(times) != len(frames) or times != sorted(times):
-        raise errors.ClipError(errors.DECODE_FAILED,
-                               f"ffmpeg gave {len(frames)} frames but {len(times)} frame times "
-                               f"(or times out of order)")
-    return Decoded(audio=result.outputs.get(_AUDIO) if want_audio else None, frames=frames,
-                   ffmpeg_max_rss_kb=result.max_rss_kb, stderr=result.stderr_tail,
-                   frame_times=times)
+    result = _run_tool("ffmpeg", build,
+                       outputs=outputs, timeout_s=limits.decode_timeout_s, limits=limits,
+                       failure=errors.DECODE_FAILED,
+                       timeout_hint=f"decode of {len(passes)} window(s) of up to {longest:g} s")
+    decoded = []
+    for k, one in enumerate(passes):
+        raw = result.outputs.get(_output_name(k, _VIDEO), b"")
+        frames = [raw[i:i + frame_bytes] for i in range(0, len(raw) - frame_bytes + 1, frame_bytes)]
+        times = frame_select.parse_framecrc(
+            result.outputs.get(_output_name(k, _TIMES), b"").decode("ascii", "replace"))
+        if len(times) != len(frames) or times != sorted(times):
+            raise errors.ClipError(errors.DECODE_FAILED,
+                                   f"ffmpeg gave {len(frames)} frames but {len(times)} frame "
+                                   f"times (or times out of order)")
+        decoded.append(Decoded(audio=result.outputs.get(_output_name(k, _AUDIO)) if one.audio else None,
+                               frames=frames, ffmpeg_max_rss_kb=result.max_rss_kb,
+                               stderr=result.stderr_tail, frame_times=times))
+    return decoded

@@ -293,7 +293,7 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
                   failed=stats["failed"], tar_bytes=stats["tar_bytes"], seconds=round(seconds, 3),
                   decoded_per_s=round(stats["rows"] / max(seconds, 1e-9), 3))
 
-    queue, wait_first = [job.shard for job in jobs], False
+    queue, wait_first, submitted = [job.shard for job in jobs], False, 0
     pool = WorkerPool(cfg.workers, context, cfg.task_timeout_s, cfg.recycle_after)
     try:
         with pool:
@@ -304,10 +304,14 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
                 while pending is not None or pool.in_flight():
                     outstanding = pool.in_flight() + sum(w.waiting for w in writers.values())
                     while pending is not None and pool.idle() and outstanding < window:
-                        shard, task = pending
-                        pool.submit((shard, task), task)
-                        outstanding += 1
-                        pending = next(tasks, None)
+                        batch = []
+                        size = _batch_size(cfg, bar.total - submitted)
+                        while pending is not None and len(batch) < size and outstanding < window:
+                            batch.append((pending, pending[1]))
+                            outstanding += 1
+                            pending = next(tasks, None)
+                        pool.submit_batch(batch)
+                        submitted += len(batch)
                     for (shard, task), result in pool.wait(timeout=1.0):
                         if isinstance(result, WorkerFailure):
                             result = failed(task, result.reason)
@@ -329,6 +333,12 @@ def _process(cfg: ShardConfig, plan: Plan, jobs: list[_ShardJob], summary: RunSu
         log.write("summary", shards_written=summary.shards_written,
                   shards_skipped=summary.shards_skipped, rows=summary.rows, ok=summary.ok,
                   failed=summary.failed, resources=summary.resources)
+
+
+def _batch_size(cfg: ShardConfig, left: int) -> int:
+    """Rows given to a worker at once: --decode-batch, fewer near the end so that every worker
+    still gets some of the last rows."""
+    return max(1, min(cfg.decode_batch, -(-left // cfg.workers)))
 
 
 def _count(summary: RunSummary, result: ClipResult) -> None:

@@ -1,10 +1,13 @@
-"""A pool of clip workers that survives its workers: one task per worker at a time.
+"""A pool of clip workers that survives its workers: one batch of tasks per worker at a time.
 
-Unlike a generic process pool, the parent always knows which row each worker holds, so a worker
-that dies (a crash in native code, the OOM killer, os._exit) or runs past the task time limit is
-killed and replaced, and exactly its row is reported as failed; every other row goes on. Workers
-are recycled after `recycle_after` tasks to contain leaks. Workers start from a forkserver that has
-torch preloaded, so a replacement costs milliseconds.
+A worker takes a few rows at once (`submit_batch`) and decodes their windows with one ffmpeg
+process (`pipeline.clip.process_clips`), sending each row's result as it is made. Unlike a generic
+process pool, the parent always knows which rows each worker holds, so a worker that dies (a crash
+in native code, the OOM killer, os._exit) or runs past its time limit is killed and replaced: a
+row it held alone is reported as failed, and the unfinished rows of a batch are given out again
+one per worker, so exactly the row that kills its worker fails and every other row goes on.
+Workers are recycled after `recycle_after` tasks to contain leaks. Workers start from a forkserver
+that has torch preloaded, so a replacement costs milliseconds.
 """
 from __future__ import annotations
 
@@ -18,7 +21,7 @@ from multiprocessing.connection import Connection, wait
 
 from pipeline import errors
 from pipeline.bounded_process import FORKSERVER_PARENT_ENV
-from pipeline.clip import ClipContext, ClipResult, ClipTask, process_clip, warm_up
+from pipeline.clip import ClipContext, ClipResult, ClipTask, process_clips, warm_up
 
 _PRELOAD = ["pipeline.forkserver_guard", "pipeline.clip", "torch", "torchaudio.compliance.kaldi"]
 
@@ -81,12 +84,11 @@ def _worker_main(conn: Connection, context: ClipContext) -> None:
             return
         if message is None:
             return
-        tag, task = message
-        result = process_clip(task, context)
-        try:
-            conn.send(("result", tag, result, _own_hwm_kb(), _cpu_s()))
-        except (BrokenPipeError, OSError):
-            return
+        for result in process_clips(message, context):
+            try:
+                conn.send(("result", result, _own_hwm_kb(), _cpu_s()))
+            except (BrokenPipeError, OSError):
+                return
 
 
 def _die_with_main_process(conn: Connection) -> None:
@@ -118,15 +120,20 @@ def _die_with_main_process(conn: Connection) -> None:
 class _Worker:
     process: mp.Process
     conn: Connection
-    tag: object = None
-    task: ClipTask | None = None
-    started: float = 0.0
+    pending: list[tuple[object, ClipTask]] = field(default_factory=list)
+    """(tag, task) it holds and has not answered yet, in order."""
+    deadline: float = 0.0
     done: int = 0
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.pending)
 
 
 @dataclass
 class WorkerPool:
-    """`submit` a task to an idle worker, `wait` for finished tasks; use as a context manager."""
+    """`submit_batch` tasks to an idle worker, `wait` for finished tasks; use as a context
+    manager. A worker may hold a batch for `task_timeout_s` per task."""
 
     num_workers: int
     context: ClipContext
@@ -140,6 +147,7 @@ class WorkerPool:
         self._mp.set_forkserver_preload(_PRELOAD)
         self._workers: list[_Worker] = []
         self._done: list[tuple[object, ClipResult | WorkerFailure]] = []
+        self._retry: list[tuple[object, ClipTask]] = []     # rows of a lost batch, given out alone
 
     def __enter__(self) -> "WorkerPool":
         return self
@@ -149,35 +157,43 @@ class WorkerPool:
 
     # --- public -------------------------------------------------------------------------------
     def idle(self) -> int:
-        busy = sum(w.task is not None for w in self._workers)
-        return self.num_workers - busy
+        """Workers free for a new batch (none while rows of a lost batch wait to be redone)."""
+        busy = sum(w.busy for w in self._workers)
+        return max(0, self.num_workers - busy - len(self._retry))
 
     def in_flight(self) -> int:
-        return sum(w.task is not None for w in self._workers)
+        return sum(len(w.pending) for w in self._workers) + len(self._retry)
 
     def submit(self, tag: object, task: ClipTask) -> None:
-        """Give `task` to an idle worker (starting one if needed)."""
+        """Give `task` alone to an idle worker."""
+        self.submit_batch([(tag, task)])
+
+    def submit_batch(self, items: list[tuple[object, ClipTask]]) -> None:
+        """Give the (tag, task) `items` to one idle worker (starting one if needed), which
+        decodes them together; each result comes back from `wait` with its tag."""
         for _ in range(3):
-            worker = next((w for w in self._workers if w.task is None), None)
+            worker = next((w for w in self._workers if not w.busy), None)
             if worker is None:
                 if len(self._workers) >= self.num_workers:
-                    raise RuntimeError("submit() without an idle worker")
+                    raise RuntimeError("submit_batch() without an idle worker")
                 worker = self._start()
             try:
-                worker.conn.send((tag, task))
+                worker.conn.send([task for _, task in items])
             except OSError:          # an idle worker died (e.g. OOM killer): replace it, retry
                 worker.process.join()
                 self._remove(worker)
                 continue
-            worker.tag, worker.task, worker.started = tag, task, time.monotonic()
+            worker.pending = list(items)
+            worker.deadline = time.monotonic() + self.task_timeout_s * len(items)
             return
         raise RuntimeError("worker processes die on start; see the errors above")
 
     def wait(self, timeout: float) -> list[tuple[object, ClipResult | WorkerFailure]]:
         """Finished tasks (results or failures), waiting up to `timeout` seconds for one."""
-        busy = [w for w in self._workers if w.task is not None]
+        self._give_out_retries()
+        busy = [w for w in self._workers if w.busy]
         if busy and not self._done:
-            deadline = min(w.started for w in busy) + self.task_timeout_s
+            deadline = min(w.deadline for w in busy)
             limit = max(0.0, min(timeout, deadline - time.monotonic()))
             handles = [w.conn for w in self._workers] + [w.process.sentinel for w in self._workers]
             ready = set(wait(handles, limit))
@@ -187,6 +203,7 @@ class WorkerPool:
                 if worker.process.sentinel in ready and worker in self._workers:
                     self._bury(worker)
             self._expire()
+        self._give_out_retries()
         done, self._done = self._done, []
         return done
 
@@ -224,15 +241,15 @@ class WorkerPool:
             if message[0] == "ready":
                 self.usage.worker_base_kb = max(self.usage.worker_base_kb, message[1])
                 continue
-            _, tag, result, hwm_kb, cpu_s = message
+            _, result, hwm_kb, cpu_s = message
             usage = self.usage
             usage.worker_peak_kb = max(usage.worker_peak_kb, hwm_kb)
             usage.ffmpeg_peak_kb = max(usage.ffmpeg_peak_kb, result.ffmpeg_max_rss_kb)
             usage.live_cpu_s[worker.process.pid] = cpu_s
+            tag, _ = worker.pending.pop(0)
             self._done.append((tag, result))
-            worker.tag, worker.task = None, None
             worker.done += 1
-            if worker.done >= self.recycle_after:
+            if worker.done >= self.recycle_after and not worker.busy:
                 self._retire(worker)
                 return
 
@@ -257,21 +274,33 @@ class WorkerPool:
         except (ProcessLookupError, PermissionError):
             pass
         worker.process.join()
-        if worker.task is not None:
-            self._done.append((worker.tag, WorkerFailure(
-                f"{errors.WORKER_DIED}: worker process {_exit_text(worker.process.exitcode)} "
-                f"while making this sample; the worker was replaced")))
+        self._lose(worker, f"{errors.WORKER_DIED}: worker process "
+                           f"{_exit_text(worker.process.exitcode)} while making this sample; the "
+                           f"worker was replaced")
         self._remove(worker)
 
     def _expire(self) -> None:
         now = time.monotonic()
         for worker in list(self._workers):
-            if worker.task is not None and now - worker.started > self.task_timeout_s:
+            if worker.busy and now > worker.deadline:
                 _kill_group(worker.process)
-                self._done.append((worker.tag, WorkerFailure(
-                    f"{errors.WORKER_TIMEOUT}: no result within {self.task_timeout_s:g} s; the "
-                    f"worker was killed and replaced")))
+                self._lose(worker, f"{errors.WORKER_TIMEOUT}: no result within "
+                                   f"{self.task_timeout_s:g} s; the worker was killed and replaced")
                 self._remove(worker)
+
+    def _lose(self, worker: _Worker, reason: str) -> None:
+        """The rows a dead or killed worker had not answered: one held alone failed with `reason`;
+        those of a batch are redone one per worker (which of them did it is not known)."""
+        if len(worker.pending) == 1:
+            self._done.append((worker.pending[0][0], WorkerFailure(reason)))
+        else:
+            self._retry.extend(worker.pending)
+        worker.pending = []
+
+    def _give_out_retries(self) -> None:
+        while self._retry and (len(self._workers) < self.num_workers or
+                               any(not w.busy for w in self._workers)):
+            self.submit_batch([self._retry.pop(0)])
 
     def _remove(self, worker: _Worker) -> None:
         worker.conn.close()

@@ -8,6 +8,7 @@ import json
 import os
 import struct
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,10 +18,11 @@ import pytest
 from cluster.cli import main as cli
 from pipeline import errors, media
 from pipeline.bounded_process import STDOUT, OutputLimitExceeded, run_bounded
-from pipeline.clip import FAULT_CHILD, FAULT_EXIT_ENV, ClipContext, ClipTask, process_clip
+from pipeline.clip import (FAULT_CHILD, FAULT_EXIT_ENV, FAULT_HANG_ENV, ClipContext, ClipTask,
+                           process_clip)
 from pipeline.params import ClipParams, MediaLimits
 from shards import format as fmt
-from fixtures import ffmpeg, make_clip, run_cli
+from fixtures import REPO, ffmpeg, make_clip, run_cli
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
@@ -114,18 +116,54 @@ def _generic_manifest(path: Path, rows: list[tuple[str, str]]) -> Path:
 
 
 def test_a_dying_worker_is_replaced_and_its_row_recorded(clips, tmp_path):
+    """clip2 kills its worker while that worker holds clip0..clip2 (--decode-batch 3): the
+    three are redone one per worker, so only clip2 fails."""
     rows = [(f"clip{i}", "ok.mp4") for i in range(5)]
     manifest = _generic_manifest(tmp_path / "m.csv", rows)
     out = tmp_path / "out"
     run_cli("shard", "--manifest", str(manifest), "--videos", str(clips), "--out", str(out),
             "--workers", "2", "--no-progress", "--frame-size", "32", "--num-frames", "2",
-            env={FAULT_EXIT_ENV: "clip2"})
+            "--decode-batch", "3", env={FAULT_EXIT_ENV: "clip2"})
     record = pq.read_table(out / "train-000000.parquet").to_pylist()
     assert [r["status"] for r in record] == ["ok", "ok", "failed", "ok", "ok"]
     assert record[2]["reason"] == ("worker_died: worker process exited with code 86 while making "
                                    "this sample; the worker was replaced")
     assert cli(["verify", "--out", str(out)]) == 0
     assert not _running(FAULT_CHILD), "the dead worker's child (its ffmpeg) was left running"
+
+
+_BATCH_TIMEOUT = """
+import json, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from pipeline.clip import ClipContext, ClipTask
+from pipeline.params import ClipParams, MediaLimits
+from pipeline.workers import WorkerFailure, WorkerPool
+
+context = ClipContext(sys.argv[1], ClipParams(num_frames=2, frame_size=32), MediaLimits(), "h")
+tasks = [ClipTask(row=i, key=name, source_id=name, candidates=("ok.mp4",), start=None, end=None,
+                  labels=(), label_indices=()) for i, name in enumerate(["ok", "hangs"])]
+done = {}
+with WorkerPool(1, context, task_timeout_s=4.0) as pool:
+    pool.submit_batch([(task.source_id, task) for task in tasks])
+    while pool.in_flight():
+        done.update(pool.wait(timeout=1.0))
+print(json.dumps({tag: result.reason if isinstance(result, WorkerFailure) else result.status
+                  for tag, result in done.items()}))
+"""
+
+
+def test_a_batch_past_its_time_limit_is_redone_row_by_row(clips):
+    """A worker holding [ok, hangs] runs past its limit and is killed; both rows are given out
+    again one per worker: `ok` is made, `hangs` alone runs past the limit and fails as
+    worker_timeout. (A process of its own: the workers' forkserver keeps the environment it
+    started with.)"""
+    result = subprocess.run([sys.executable, "-c", _BATCH_TIMEOUT, str(clips), str(REPO)],
+                            env={**os.environ, FAULT_HANG_ENV: "hangs"}, capture_output=True,
+                            text=True, timeout=120, check=True)
+    done = json.loads(result.stdout.splitlines()[-1])
+    assert done["ok"] == fmt.STATUS_OK
+    assert done["hangs"].startswith("worker_timeout: no result within 4 s"), done
 
 
 def _running(argv: tuple[str, ...]) -> list[int]:

@@ -39,6 +39,9 @@ def clips(tmp_path_factory):
     # variable rate: 25 frames at 25 fps, then 10 fps
     ffmpeg("-f", "lavfi", "-t", "2", "-i", RAMP, *audio, *x264, "-vf",
            "setpts='if(lt(N,25),N/25,1+(N-25)/10)/TB'", "-fps_mode", "vfr", str(d / "vfr.mp4"))
+    # a gap: frames 0..40 at n / 25 (to 1.6 s), then from 1.96 s on
+    ffmpeg("-f", "lavfi", "-t", "2", "-i", RAMP, *audio, *x264, "-vf",
+           "setpts='if(lt(N,41),N,N+8)/25/TB'", "-fps_mode", "vfr", str(d / "gap.mp4"))
     ffmpeg("-f", "lavfi", "-t", "2", "-i", "nullsrc=s=128x64:r=25,geq=lum='16+200*X/W':cb=128:cr=128",
            *audio, *x264, str(d / "bars.mp4"))
     return d
@@ -91,12 +94,12 @@ def test_non_reference_frames_are_skipped_only_for_far_apart_indices(clips):
     info = media.probe(clips / "pyramid.mp4", ClipParams(), MediaLimits())
     assert frame_select.may_skip([0, 5, 10]) and not frame_select.may_skip([0, 3, 10])
 
-    def command(skip):
-        return media.decode_command(clips / "pyramid.mp4", info, start=0.0, seconds=2.0,
-                                    targets=[0.0, 0.2], skip_nonref=skip, params=ClipParams(),
-                                    limits=MediaLimits(), video_url="pipe:1", times_url="pipe:3",
-                                    audio_url=None)
-    assert "-skip_frame:v" in command(True) and "-skip_frame:v" not in command(False)
+    def command(indices):
+        one = media.DecodeRequest(clips / "pyramid.mp4", info, 0.0, 2.0, indices,
+                                  want_audio=False).first_pass()
+        urls = {name: f"pipe:{3 + i}" for i, name in enumerate(one.outputs(1))}
+        return media.decode_command([one], ClipParams(), MediaLimits(), [urls])
+    assert "-skip_frame:v" in command((0, 5)) and "-skip_frame:v" not in command((0, 3))
     # the pyramid clip is stored from reference frames only: some stored frame is off its index
     _, source = _run(clips, "pyramid.mp4")
     assert source != frames_mod.frame_indices(50, 10)
@@ -207,3 +210,36 @@ def test_select_passes_the_nearest_frame_and_at_most_two_per_target(clips, skip)
     assert set(best) <= set(passed)
     assert len(passed) <= 2 * len(targets)
     assert [passed[j] for j in frame_select.pick(targets, passed, 1 / FPS)[0]] == best
+
+
+@pytest.mark.parametrize("name", ["pyramid.mp4", "vfr.mp4", "gap.mp4"])
+def test_video_stops_after_the_last_target_with_the_same_frames(clips, name, monkeypatch):
+    """With audio, the video is decoded only to just past the last target (the audio, opened on
+    its own, reads the window to its end): the frames and times are those of decoding the whole
+    window. Where the stream has a gap at the last target (gap.mp4: nothing from 1.6 s to 1.96
+    s), the frame after the gap lies beyond the cut, so the video is decoded again in full."""
+    params, limits = ClipParams(frame_size=32), MediaLimits()
+    info = media.probe(clips / name, params, limits)
+    last = round(1.8 * info.video.fps)
+    indices = (0, 8, 16, 24, last)
+    runs = []
+    real = media._run_passes
+    monkeypatch.setattr(media, "_run_passes", lambda passes, *a: runs.append(passes) or
+                        real(passes, *a))
+
+    def decode(audio):
+        runs.clear()
+        request = media.DecodeRequest(clips / name, info, 0.0, 2.0, indices, want_audio=audio)
+        return media.decode_windows([request], params, limits)[0], list(runs)
+
+    (cut, cut_runs), (whole, whole_runs) = decode(True), decode(False)
+    assert cut_runs[0][0].cut and not whole_runs[0][0].cut
+    assert cut_runs[0][0].video_seconds < 2.0 - 1 / info.video.fps
+    assert cut.frame_times == whole.frame_times and cut.frames == whole.frames
+    assert len(cut.frames) == len(indices) and len(cut.audio) == 2 * 16000 * 2
+    times = _source_times(clips / name)
+    gap = min(abs(t - last / info.video.fps) for t in times) > frame_select.REACH / info.video.fps
+    assert gap == (name == "gap.mp4")
+    assert len(cut_runs) == (2 if gap else 1)        # the second run: video only, no cut
+    if gap:
+        assert not cut_runs[1][0].audio and not cut_runs[1][0].cut

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import tarfile
@@ -16,7 +17,7 @@ import pytest
 from cluster.cli import main as cli
 from pipeline.stats import Moments, combine_all, sample_moments
 from shards import format as fmt
-from fixtures import run_cli, shard_args, snapshot, synth_segments
+from fixtures import run_cli, shard_args, snapshot, synth_segments, write_truncated
 
 pytestmark = [pytest.mark.multiproc, pytest.mark.e2e]
 
@@ -229,3 +230,71 @@ def test_a_rebuilt_plan_remembers_the_new_input_bytes(data, tmp_path):
     assert cli(args) == 0
     second = read_plan(tmp_path / "out").meta["input_fingerprint"]
     assert first and second and second != first
+
+
+def _logging_ffmpeg(folder, log):
+    """An `ffmpeg` first in PATH that appends its arguments to `log` (one line per run, NUL
+    separated) and runs the real one."""
+    real = shutil.which("ffmpeg")
+    folder.mkdir()
+    wrapper = folder / "ffmpeg"
+    wrapper.write_text(f'#!/bin/sh\nprintf "%s\\0" "$@" >> {log}\necho >> {log}\n'
+                       f'exec {real} "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{folder}:{os.environ['PATH']}"}
+
+
+def _inputs_per_run(log):
+    """For each logged ffmpeg run, the media files it read (by name)."""
+    runs = []
+    for line in log.read_text().splitlines():
+        args = line.split("\0")
+        runs.append({args[i + 1].rsplit("/", 1)[-1] for i, a in enumerate(args[:-1]) if a == "-i"})
+    return runs
+
+
+def test_one_ffmpeg_per_batch_same_bytes_as_one_per_row(data, tmp_path):
+    """--decode-batch 4 decodes four clips with ONE ffmpeg process; a batch whose run prints a
+    message (a cut-off download among them) is decoded again clip by clip, so each clip gets its
+    own verdict; the shards are the same bytes as with one process per row."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    clips = sorted(data["videos"].glob("*.mp4"))[:7]
+    names = [c.name for c in clips if not c.name.startswith("corrupt")][:6]
+    for name in names:
+        shutil.copy(data["videos"] / name, videos / name)
+    start = videos / "faststart.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(videos / names[0]), "-c", "copy",
+                    "-movflags", "+faststart", str(start)], check=True)
+    write_truncated(videos / "cut_off.mp4", start, 0.6)
+    start.unlink()
+    rows = names[:4] + [names[4], "cut_off.mp4", names[5], "missing.mp4"]
+    manifest = tmp_path / "rows.csv"
+    manifest.write_text("id,path\n" + "".join(f"r{i},{name}\n" for i, name in enumerate(rows)))
+    outs = {}
+    for batch in (1, 4):
+        log = tmp_path / f"ffmpeg{batch}.log"
+        env = _logging_ffmpeg(tmp_path / f"bin{batch}", log)
+        outs[batch] = tmp_path / f"b{batch}"
+        run_cli("shard", "--manifest", str(manifest), "--videos", str(videos), "--out",
+                str(outs[batch]), "--workers", "1", "--no-progress", "--frame-size", "64",
+                "--num-frames", "4", "--decode-batch", str(batch), env=env)
+        runs = _inputs_per_run(log)
+        if batch == 1:
+            assert all(len(inputs) == 1 for inputs in runs), runs
+        else:
+            assert runs[0] == set(names[:4]), runs              # four clips, one process
+            assert runs[1] == {names[4], "cut_off.mp4", names[5]}, runs
+            # the message made each clip of that batch run alone (the cut-off one gave it, and
+            # its frames, missing past the cut, are decoded once more, in full)
+            assert all(len(inputs) == 1 for inputs in runs[2:]), runs
+            alone = list(dict.fromkeys(next(iter(inputs)) for inputs in runs[2:]))
+            assert alone == [names[4], "cut_off.mp4", names[5]], runs
+    one, four = snapshot(outs[1]), snapshot(outs[4])
+    assert sorted(one) == sorted(four)
+    for name in one:
+        assert one[name] == four[name], name
+    record = pq.read_table(outs[4] / "train-000000.parquet").to_pylist()
+    assert [r["status"] for r in record] == ["ok"] * 5 + ["failed", "ok", "failed"]
+    assert record[5]["reason"].startswith("truncated_file") and \
+        record[7]["reason"].startswith("missing_file")

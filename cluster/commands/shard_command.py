@@ -16,6 +16,8 @@ from pipeline.plan import PlanParams
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Defaults are those of the dataclasses that own them (never re-typed here).
+    from pipeline.config import ShardConfig
+
     plan_defaults, defaults_clip, defaults_media = PlanParams(), ClipParams(), MediaLimits()
     inputs = parser.add_argument_group("inputs")
     inputs.add_argument("--manifest", help="AudioSet segments CSV, VGGSound CSV, or a CSV/Parquet "
@@ -79,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     run = parser.add_argument_group("running")
     run.add_argument("--workers", type=int, default=None, help="worker processes (default: cores)")
+    run.add_argument("--decode-batch", type=int, default=ShardConfig.decode_batch,
+                     help="rows each worker decodes with one ffmpeg process (one start-up "
+                     "instead of several; 1: a process per row); same shards either way")
     run.add_argument("--task-index", type=int, help="this task's index in a SLURM array "
                      "(default: $SLURM_ARRAY_TASK_ID)")
     run.add_argument("--num-tasks", type=int, help="tasks in the array "
@@ -111,7 +116,8 @@ def config_from_args(args: argparse.Namespace):
                        select_split=args.select_split, plan=plan, clip=clip, limits=limits,
                        workers=args.workers or default_workers(), task_index=args.task_index,
                        num_tasks=args.num_tasks, retry_failed=args.retry_failed,
-                       allow_missing=args.allow_missing, progress=not args.no_progress)
+                       allow_missing=args.allow_missing, progress=not args.no_progress,
+                       decode_batch=args.decode_batch)
 
 
 _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
