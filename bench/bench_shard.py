@@ -1,8 +1,9 @@
 """Sharding throughput: CPU seconds per clip of `avsiam shard` against two baselines, same clips.
 
 - ours (1 and 2 workers): the whole stage (probe, ffmpeg decode of the stored frames' candidates
-  with non-reference frames skipped where possible, fbank, JPEG, tar, record, commit) through
-  `pipeline.runner.run`; the worker forkserver is warmed first.
+  with non-reference frames skipped where possible, 4 clips per ffmpeg process, fbank, JPEG,
+  tar, record, commit) through `pipeline.runner.run`; the worker forkserver is warmed first.
+  `ours_w1_b1`: the same with --decode-batch 1 (one ffmpeg process per clip).
 - (a) floor: the naive single pass, one bare ffmpeg process per clip decoding every frame (fps
   filter + select of the CAV-MAE indices, same resize, same outputs, written to /dev/null), no
   probe and no Python work.
