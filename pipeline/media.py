@@ -370,7 +370,6 @@ def decode_windows(requests: list[DecodeRequest], params: ClipParams,
     good clip never fails with a bad one. A clip whose first pass left a target without a frame
     within one period (non-reference frames skipped, or the video cut after the last target) is
     decoded again, video only, every frame of the window."""
-    size = params.frame_size
     results: list[Decoded | Exception | None] = [None] * len(requests)
     together = _distinct_inputs(requests)
     if len(together) > 1:
@@ -462,7 +461,7 @@ def _run_passes(passes: list[_Pass], params: ClipParams, limits: MediaLimits) ->
             raise errors.ClipError(errors.DECODE_FAILED,
                                    f"ffmpeg gave {len(frames)} frames but {len(times)} frame "
                                    f"times (or times out of order)")
-        decoded.append(Decoded(audio=result.outputs.get(_output_name(k, _AUDIO)) if one.audio else None,
-                               frames=frames, ffmpeg_max_rss_kb=result.max_rss_kb,
+        audio = result.outputs.get(_output_name(k, _AUDIO)) if one.audio else None
+        decoded.append(Decoded(audio=audio, frames=frames, ffmpeg_max_rss_kb=result.max_rss_kb,
                                stderr=result.stderr_tail, frame_times=times))
     return decoded
